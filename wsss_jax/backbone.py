@@ -1,0 +1,197 @@
+"""DeepLab-LargeFOV on VGG-16 as pure functions over a parameter pytree (Sec. 3).
+
+The network produces the pixel scores f_i(y) of Eq. (1) at output stride 8
+(321x321 -> 41x41), exactly as DeepLab v1's LargeFOV model:
+
+  conv1_{1,2}  pool1 (3x3 max, stride 2)
+  conv2_{1,2}  pool2 (3x3 max, stride 2)
+  conv3_{1..3} pool3 (3x3 max, stride 2)
+  conv4_{1..3} pool4 (3x3 max, stride 1)
+  conv5_{1..3} (dilation 2) pool5 (3x3 max, stride 1) pool5a (3x3 avg, stride 1)
+  fc6 (3x3, dilation 12, 1024) dropout  fc7 (1x1, 1024) dropout  fc8 (1x1, K)
+
+The topology is a flat list of `Layer` records (`layer_specs`), walked forwards
+by `apply` and, in the attention module, backwards for the top-down pass.
+Parameters are a plain dict ``{'conv1_1': {'w': HWIO, 'b': O}, ...}``.
+A width multiplier, per-block depth, fc width and fc6 dilation give a tiny
+variant of the same topology for CPU runs and tests.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Params = dict[str, dict[str, jax.Array]]
+
+VGG_CHANNELS = (64, 128, 256, 512, 512)
+VGG_DEPTH = (2, 2, 3, 3, 3)
+POOL_STRIDES = (2, 2, 2, 1, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """One layer of the network: kind is 'conv', 'relu', 'maxpool', 'avgpool' or 'dropout'."""
+  name: str
+  kind: str
+  features: int = 0  # conv output channels
+  kernel: int = 3
+  stride: int = 1
+  dilation: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneConfig:
+  """Static description of a DeepLab-LargeFOV variant.
+
+  The defaults are the paper's network; `width` scales every channel count
+  (VGG and fc layers), `depth` gives the convs per VGG block.
+  """
+  num_classes: int = 21
+  width: float = 1.0
+  depth: tuple[int, ...] = VGG_DEPTH
+  fc_features: int = 1024
+  fc6_dilation: int = 12
+  dropout_rate: float = 0.5
+
+  @classmethod
+  def from_config(cls, cfg: Mapping[str, Any]) -> 'BackboneConfig':
+    return cls(num_classes=int(cfg['num_classes']), width=float(cfg['width']),
+               depth=tuple(int(d) for d in cfg['depth']),
+               fc_features=int(cfg['fc_features']),
+               fc6_dilation=int(cfg['fc6_dilation']),
+               dropout_rate=float(cfg['dropout_rate']))
+
+
+def _scaled(c: int, width: float) -> int:
+  return max(1, int(round(c * width)))
+
+
+def layer_specs(cfg: BackboneConfig) -> tuple[Layer, ...]:
+  """The forward layer sequence of DeepLab-LargeFOV for `cfg`."""
+  if len(cfg.depth) != 5 or min(cfg.depth) < 1:
+    raise ValueError(f'backbone depth must list 5 positive block depths, got {cfg.depth}')
+  layers: list[Layer] = []
+  for block, (ch, n, stride) in enumerate(zip(VGG_CHANNELS, cfg.depth, POOL_STRIDES), 1):
+    dil = 2 if block == 5 else 1
+    for j in range(1, n + 1):
+      layers.append(Layer(f'conv{block}_{j}', 'conv', _scaled(ch, cfg.width), 3, 1, dil))
+      layers.append(Layer(f'relu{block}_{j}', 'relu'))
+    layers.append(Layer(f'pool{block}', 'maxpool', kernel=3, stride=stride))
+  fc = _scaled(cfg.fc_features, cfg.width)
+  layers += [
+      Layer('pool5a', 'avgpool', kernel=3, stride=1),
+      Layer('fc6', 'conv', fc, 3, 1, cfg.fc6_dilation),
+      Layer('relu6', 'relu'),
+      Layer('drop6', 'dropout'),
+      Layer('fc7', 'conv', fc, 1),
+      Layer('relu7', 'relu'),
+      Layer('drop7', 'dropout'),
+      Layer('fc8', 'conv', cfg.num_classes, 1),
+  ]
+  return tuple(layers)
+
+
+def init_params(key: jax.Array, cfg: BackboneConfig, in_channels: int = 3) -> Params:
+  """He-normal convs with zero bias; fc8 ~ N(0, 0.01^2) as in DeepLab."""
+  params: Params = {}
+  cin = in_channels
+  convs = [l for l in layer_specs(cfg) if l.kind == 'conv']
+  for layer, k in zip(convs, jax.random.split(key, len(convs))):
+    shape = (layer.kernel, layer.kernel, cin, layer.features)
+    std = 0.01 if layer.name == 'fc8' else np.sqrt(2.0 / (layer.kernel * layer.kernel * cin))
+    params[layer.name] = {'w': std * jax.random.normal(k, shape, jnp.float32),
+                          'b': jnp.zeros((layer.features,), jnp.float32)}
+    cin = layer.features
+  return params
+
+
+def conv(x: jax.Array, w: jax.Array, b: jax.Array | None, dilation: int = 1) -> jax.Array:
+  """'Same' NHWC convolution with HWIO kernel (padding = dilation * (k - 1) / 2)."""
+  pad = dilation * (w.shape[0] - 1) // 2
+  y = jax.lax.conv_general_dilated(
+      x, w, window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
+      rhs_dilation=(dilation, dilation), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return y if b is None else y + b
+
+
+def max_pool(x: jax.Array, kernel: int, stride: int) -> jax.Array:
+  """Caffe-style 3x3 max pool with padding 1 (odd sizes: 321 -> 161 -> 81 -> 41)."""
+  pad = (kernel - 1) // 2
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, kernel, kernel, 1),
+                               (1, stride, stride, 1), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+
+def avg_pool(x: jax.Array, kernel: int, stride: int) -> jax.Array:
+  """Caffe AVE pool: padded cells count in the divisor (kernel * kernel)."""
+  pad = (kernel - 1) // 2
+  s = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, kernel, kernel, 1),
+                            (1, stride, stride, 1), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  return s / (kernel * kernel)
+
+
+def apply(params: Params, images: jax.Array, *, cfg: BackboneConfig, train: bool,
+          rng: jax.Array | None = None, return_activations: bool = False):
+  """Pixel scores f (N, H/8, W/8, K) for float images (N, H, W, 3).
+
+  With `return_activations`, also returns a dict layer name -> output of that
+  layer (the input is under 'input'), for the top-down attention pass.
+  """
+  if images.ndim != 4:
+    raise ValueError(f'images must be (N, H, W, C), got shape {images.shape}')
+  if train and cfg.dropout_rate > 0 and rng is None:
+    raise ValueError('apply(train=True) with dropout needs an rng')
+  x = images
+  acts = {'input': x}
+  for layer in layer_specs(cfg):
+    if layer.kind == 'conv':
+      p = params[layer.name]
+      x = conv(x, p['w'], p['b'], layer.dilation)
+    elif layer.kind == 'relu':
+      x = jax.nn.relu(x)
+    elif layer.kind == 'maxpool':
+      x = max_pool(x, layer.kernel, layer.stride)
+    elif layer.kind == 'avgpool':
+      x = avg_pool(x, layer.kernel, layer.stride)
+    elif layer.kind == 'dropout':
+      if train and cfg.dropout_rate > 0:
+        rng, sub = jax.random.split(rng)
+        keep = jax.random.bernoulli(sub, 1.0 - cfg.dropout_rate, x.shape)
+        x = jnp.where(keep, x / (1.0 - cfg.dropout_rate), 0.0)
+    else:  # pragma: no cover - layer_specs only emits the kinds above
+      raise ValueError(f'unknown layer kind {layer.kind!r}')
+    if return_activations:
+      acts[layer.name] = x
+  return (x, acts) if return_activations else x
+
+
+def output_size(size: int) -> int:
+  """Spatial size of the score map for an input side of `size` pixels."""
+  for stride in POOL_STRIDES:
+    size = (size + 2 - 3) // stride + 1
+  return size
+
+
+def check_params(params: Any, expected: Any, source: str) -> None:
+  """Raise one clear ValueError when `params` does not match `expected`'s layout."""
+  got = jax.tree.map(lambda a: tuple(np.shape(a)), params)
+  want = jax.tree.map(lambda a: tuple(np.shape(a)), expected)
+  if got == want:
+    return
+  if not isinstance(got, dict) or not isinstance(want, dict):
+    raise ValueError(f'{source}: parameter tree does not match the configured model')
+  missing = sorted(set(want) - set(got))
+  extra = sorted(set(got) - set(want))
+  diff = [k for k in sorted(set(want) & set(got)) if got[k] != want[k]]
+  parts = []
+  if missing:
+    parts.append(f'missing {missing[:4]}')
+  if extra:
+    parts.append(f'unexpected {extra[:4]}')
+  if diff:
+    k = diff[0]
+    parts.append(f'{k} has shape {got[k]} but the config needs {want[k]}')
+  raise ValueError(f'{source}: checkpoint architecture differs from the config ({"; ".join(parts)})')
