@@ -1,0 +1,98 @@
+"""DeepLab-LargeFOV topology, shapes and layer semantics against independent references."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wsss_jax import backbone
+
+
+def test_full_size_output_stride_and_param_count():
+  cfg = backbone.BackboneConfig(num_classes=21)
+  params = jax.eval_shape(lambda k: backbone.init_params(k, cfg), jax.random.key(0))
+  out = jax.eval_shape(lambda p, x: backbone.apply(p, x, cfg=cfg, train=False), params,
+                       jax.ShapeDtypeStruct((2, 321, 321, 3), jnp.float32))
+  assert out.shape == (2, 41, 41, 21)
+  # VGG-16 conv1-conv5 have 14,714,688 parameters; fc6 3x3x512x1024, fc7 1024x1024, fc8 1024x21 (+ biases).
+  n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+  assert n == 14_714_688 + (9 * 512 * 1024 + 1024) + (1024 * 1024 + 1024) + (1024 * 21 + 21)
+
+
+def test_layer_list_is_deeplab_largefov():
+  layers = backbone.layer_specs(backbone.BackboneConfig())
+  convs = [(l.name, l.features, l.kernel, l.dilation) for l in layers if l.kind == 'conv']
+  assert [c[0] for c in convs] == ['conv1_1', 'conv1_2', 'conv2_1', 'conv2_2', 'conv3_1', 'conv3_2',
+                                   'conv3_3', 'conv4_1', 'conv4_2', 'conv4_3', 'conv5_1', 'conv5_2',
+                                   'conv5_3', 'fc6', 'fc7', 'fc8']
+  assert all(c[3] == 2 for c in convs if c[0].startswith('conv5'))
+  assert ('fc6', 1024, 3, 12) in convs and ('fc7', 1024, 1, 1) in convs and ('fc8', 21, 1, 1) in convs
+  pools = {l.name: (l.kind, l.stride) for l in layers if 'pool' in l.kind}
+  assert pools == {'pool1': ('maxpool', 2), 'pool2': ('maxpool', 2), 'pool3': ('maxpool', 2),
+                   'pool4': ('maxpool', 1), 'pool5': ('maxpool', 1), 'pool5a': ('avgpool', 1)}
+  assert [l.name for l in layers if l.kind == 'dropout'] == ['drop6', 'drop7']
+
+
+def test_tiny_variant_65px_forward_and_activations():
+  cfg = backbone.BackboneConfig(num_classes=6, width=0.0625, depth=(1, 1, 1, 1, 1), fc6_dilation=2)
+  params = backbone.init_params(jax.random.key(1), cfg)
+  x = jax.random.normal(jax.random.key(2), (2, 65, 65, 3))
+  out, acts = backbone.apply(params, x, cfg=cfg, train=False, return_activations=True)
+  assert out.shape == (2, 9, 9, 6) and backbone.output_size(65) == 9
+  assert acts['pool1'].shape[1:3] == (33, 33) and acts['pool3'].shape[1:3] == (9, 9)
+  assert acts['pool4'].shape == (2, 9, 9, 32)
+  np.testing.assert_array_equal(acts['fc8'], out)
+  # Dropout: train mode without rng is refused; with rng it changes fc7's output, eval mode is deterministic.
+  with pytest.raises(ValueError, match='rng'):
+    backbone.apply(params, x, cfg=cfg, train=True)
+  tr = backbone.apply(params, x, cfg=cfg, train=True, rng=jax.random.key(3))
+  assert not np.allclose(tr, out)
+
+
+def _np_conv(x, w, b, dil):
+  """Direct float64 'same' dilated convolution, NHWC / HWIO."""
+  k = w.shape[0]
+  pad = dil * (k - 1) // 2
+  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  n, h, wd, _ = x.shape
+  out = np.zeros((n, h, wd, w.shape[3]))
+  for i in range(k):
+    for j in range(k):
+      out += np.einsum('nhwc,co->nhwo', xp[:, i * dil:i * dil + h, j * dil:j * dil + wd], w[i, j])
+  return out + b
+
+
+def _np_pool(x, stride, op):
+  """Caffe 3x3 pooling with padding 1; AVE divides by 9 including padded cells."""
+  n, h, w, c = x.shape
+  fill = -np.inf if op == 'max' else 0.0
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=fill)
+  oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+  out = np.zeros((n, oh, ow, c))
+  for i in range(oh):
+    for j in range(ow):
+      win = xp[:, i * stride:i * stride + 3, j * stride:j * stride + 3]
+      out[:, i, j] = win.max((1, 2)) if op == 'max' else win.sum((1, 2)) / 9
+  return out
+
+
+@pytest.mark.parametrize('dil', [1, 2, 3])
+def test_dilated_conv_matches_numpy(dil):
+  rng = np.random.default_rng(0)
+  x, w, b = rng.normal(size=(2, 7, 6, 3)), rng.normal(size=(3, 3, 3, 4)), rng.normal(size=4)
+  got = backbone.conv(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32), dil)
+  np.testing.assert_allclose(got, _np_conv(x, w, b, dil), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_pools_match_caffe_semantics(stride):
+  x = np.random.default_rng(1).normal(size=(1, 7, 5, 2))
+  np.testing.assert_allclose(backbone.max_pool(jnp.asarray(x), 3, stride), _np_pool(x, stride, 'max'), rtol=1e-6)
+  np.testing.assert_allclose(backbone.avg_pool(jnp.asarray(x), 3, stride), _np_pool(x, stride, 'avg'), rtol=1e-5)
+
+
+def test_check_params_names_the_mismatch():
+  small = backbone.init_params(jax.random.key(0), backbone.BackboneConfig(num_classes=3, width=0.0625))
+  other = backbone.init_params(jax.random.key(0), backbone.BackboneConfig(num_classes=3, width=0.125))
+  backbone.check_params(small, small, 'ckpt')
+  with pytest.raises(ValueError, match=r'ckpt: .*conv1_1 has shape'):
+    backbone.check_params(small, other, 'ckpt')

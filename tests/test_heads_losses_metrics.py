@@ -1,0 +1,93 @@
+"""Aggregation heads, Delta^C (Eq. 14) and VOC mIoU against hand / float64 numpy references."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wsss_jax import aggregation, losses, metrics
+
+
+def test_heads_on_known_input():
+  f = np.zeros((1, 2, 2, 2), np.float32)
+  f[0, :, :, 0] = [[1, 2], [3, 6]]
+  f[0, :, :, 1] = [[-1, -1], [-1, 5]]
+  np.testing.assert_allclose(aggregation.gap(f), [[3.0, 0.5]])
+  np.testing.assert_allclose(aggregation.gmp(f), [[6.0, 5.0]])
+  r = 2.0
+  ref = [np.log(np.mean(np.exp(r * f[0, :, :, k].astype(np.float64)))) / r for k in range(2)]
+  np.testing.assert_allclose(aggregation.lse(f, r)[0], ref, rtol=1e-6)
+  # LSE tends to GAP as r -> 0 and to GMP as r -> inf.
+  np.testing.assert_allclose(aggregation.lse(f, 1e-4), aggregation.gap(f), atol=1e-3)
+  np.testing.assert_allclose(aggregation.lse(f, 200.0), aggregation.gmp(f), atol=0.02)
+
+
+def test_fcl_is_per_class_fully_connected():
+  rng = np.random.default_rng(0)
+  f = rng.normal(size=(3, 4, 5, 6)).astype(np.float32)
+  p = {'w': jnp.asarray(rng.normal(size=(4, 5, 6)), jnp.float32), 'b': jnp.asarray(rng.normal(size=6), jnp.float32)}
+  ref = np.array([[np.sum(f[n, :, :, k] * np.asarray(p['w'])[:, :, k]) + p['b'][k] for k in range(6)] for n in range(3)])
+  np.testing.assert_allclose(aggregation.fcl(p, f), ref, rtol=1e-5, atol=1e-5)
+  init = aggregation.init_fcl((4, 5), 6)
+  np.testing.assert_allclose(aggregation.fcl(init, f), aggregation.gap(f), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match=r'FCL expects score maps of shape \(4, 5, 6\)'):
+    aggregation.fcl(p, f[:, :3])
+
+
+def _np_eq14(logits, tags):
+  p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+  out = []
+  for pi, ti in zip(p, tags):
+    pos, neg = pi[ti == 1], pi[ti == 0]
+    out.append((-np.mean(np.log(pos)) if len(pos) else 0.0) + (-np.mean(np.log(1 - neg)) if len(neg) else 0.0))
+  return np.array(out)
+
+
+def test_classification_loss_matches_eq14():
+  rng = np.random.default_rng(3)
+  logits = rng.normal(scale=3, size=(6, 7)).astype(np.float32)
+  tags = (rng.random((6, 7)) < 0.3).astype(np.int32)
+  tags[0] = 1  # all present
+  tags[1] = 0  # all absent
+  got = losses.classification_loss(jnp.asarray(logits), jnp.asarray(tags))
+  np.testing.assert_allclose(got, _np_eq14(logits, tags), rtol=1e-5)
+  g = jax.grad(lambda l: jnp.sum(losses.classification_loss(l, jnp.asarray(tags))))(jnp.asarray(logits))
+  assert np.all(np.isfinite(g))
+
+
+def test_classification_loss_is_finite_for_saturated_logits():
+  logits = jnp.array([[80.0, -80.0]])
+  got = losses.classification_loss(logits, jnp.array([[0, 1]]))
+  np.testing.assert_allclose(got, [160.0], rtol=1e-5)  # -log sigma(-80) + -log(1 - sigma(80)), in log space
+
+
+def test_pixel_cross_entropy_ignores_255():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(1, 2, 3, 4)).astype(np.float32)
+  labels = np.array([[[0, 3, 255], [1, 255, 2]]])
+  lp = logits - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True))
+  ref = -np.mean([lp[0, i, j, labels[0, i, j]] for i in range(2) for j in range(3) if labels[0, i, j] != 255])
+  np.testing.assert_allclose(losses.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels)), [ref], rtol=1e-5)
+
+
+def test_confusion_matrix_and_miou_by_hand():
+  gt = np.array([[0, 0, 1, 1], [2, 2, 255, 1]])
+  pr = np.array([[0, 1, 1, 1], [2, 0, 2, 3]])
+  conf = np.asarray(metrics.confusion_matrix(jnp.asarray(gt), jnp.asarray(pr), 4))
+  expected = np.zeros((4, 4), int)
+  for g, p in [(0, 0), (0, 1), (1, 1), (1, 1), (2, 2), (2, 0), (1, 3)]:  # the 255 pixel is skipped
+    expected[g, p] += 1
+  np.testing.assert_array_equal(conf, expected)
+  # IoU: bg 1/(2+2-1), c1 2/(3+3-2), c2 1/(2+1-1), c3 0/(0+1-0): class 3 appears only in the prediction.
+  iou = metrics.iou_per_class(conf)
+  np.testing.assert_allclose(iou, [1 / 3, 1 / 2, 1 / 2, 0.0])
+  assert metrics.mean_iou(conf) == pytest.approx((1 / 3 + 1 / 2 + 1 / 2 + 0) / 4)
+  # A class absent from both ground truth and prediction is left out of the mean (NaN IoU).
+  conf5 = np.asarray(metrics.confusion_matrix(jnp.asarray(gt), jnp.asarray(pr), 5))
+  assert np.isnan(metrics.iou_per_class(conf5)[4])
+  assert metrics.mean_iou(conf5) == pytest.approx(metrics.mean_iou(conf))
+
+
+def test_iou_table_layout():
+  conf = np.array([[5, 1], [0, 4]])
+  head, row = metrics.format_iou_table(conf, ['background', 'cat'], title='B1').splitlines()
+  assert head.split() == ['backgr', 'cat', 'mIoU'] and row.split() == ['B1', '83.3', '80.0', '81.7']

@@ -1,0 +1,164 @@
+"""pmap data parallelism, checkpoint kill -> resume, end-to-end CLI and bad-input errors."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import jax_utils
+
+from configs import tiny
+from wsss_jax import data, model, train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny(**train):
+  config = tiny.get_config()
+  config.model.backbone.dropout_rate = 0.0  # so 1- and 2-device runs draw no different masks
+  config.train.update(train)
+  return config
+
+
+def _one_step(config, state, batch, devices):
+  n = len(devices)
+  p = jax.pmap(lambda s, b, r: train_lib.train_step(s, b, r, config), axis_name=train_lib.AXIS,
+               devices=devices)
+  sharded = {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
+  rngs = jax.random.split(jax.random.key(5), n)
+  new, aux = p(jax_utils.replicate(state, devices=devices), sharded, rngs)
+  return jax.device_get(jax_utils.unreplicate(new).params), float(aux['loss'][0])
+
+
+@pytest.mark.parametrize('mode', ['weak', 'fully_supervised'])
+def test_pmap_two_devices_equal_one_device(mode):
+  assert jax.device_count() >= 2, 'conftest sets two host devices'
+  config = _tiny(mode=mode, batch_size=4)
+  state = train_lib.create_state(config, jax.random.key_data(jax.random.key(0)))
+  ds = data.make_dataset(config.data, 'train')
+  batch = next(data.train_batches(ds, global_batch=4, seed=0))
+  p1, l1 = _one_step(config, state, batch, jax.devices()[:1])
+  p2, l2 = _one_step(config, state, batch, jax.devices()[:2])
+  # Reference: a plain (unsharded) SGD step on the whole batch, written with jax.grad here.
+  grads = jax.grad(lambda p: train_lib.compute_loss(p, batch, None, config)[0])(state.params)
+  lr, wd = config.train.learning_rate, config.train.weight_decay
+  ref = jax.tree.map(lambda w, g: w - lr * (g + wd * w), state.params, grads)  # first step: no momentum yet
+  assert l1 == pytest.approx(l2, rel=1e-5)
+  moved = 0.0
+  for a, b, r, w0 in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), jax.tree.leaves(ref), jax.tree.leaves(state.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-6)
+    moved = max(moved, float(np.max(np.abs(a - w0))))
+  assert moved > 0  # the step did change the parameters
+
+
+def _run(script, *args, timeout=300):
+  return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout, env=_env())
+
+
+def _env():
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)  # the CLI runs on one device, like a plain laptop run
+  return env
+
+
+def _params(workdir, config):
+  mngr = train_lib.checkpoint_manager(workdir, config)
+  state = train_lib.restore_state(mngr, train_lib.create_state(config, jax.random.key_data(jax.random.key(9))))
+  mngr.close()
+  return int(state.step), jax.device_get(state)
+
+
+def _complete_steps(ckpt_dir):
+  if not os.path.isdir(ckpt_dir):
+    return []
+  return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+  killed, straight = str(tmp_path / 'killed'), str(tmp_path / 'straight')
+  proc = subprocess.Popen([sys.executable, 'train.py', '--config=configs/tiny.py', f'--workdir={killed}',
+                           '--config.train.num_steps=100000', '--config.train.checkpoint_every=3'],
+                          cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  try:
+    while time.time() < deadline and len(_complete_steps(os.path.join(killed, 'checkpoints'))) < 2:
+      time.sleep(0.2)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  saved = _complete_steps(os.path.join(killed, 'checkpoints'))
+  assert saved, 'no checkpoint was written before the kill'
+  resume_from = saved[-1]
+  total = resume_from + 3
+  res = _run('train.py', '--config=configs/tiny.py', f'--workdir={killed}', f'--config.train.num_steps={total}')
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert f'resumed from step {resume_from}' in res.stdout
+  res = _run('train.py', '--config=configs/tiny.py', f'--workdir={straight}', f'--config.train.num_steps={total}')
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert 'val mIoU:' in res.stdout
+  config = tiny.get_config()
+  step_a, a = _params(killed, config)
+  step_b, b = _params(straight, config)
+  assert step_a == step_b == total
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+  # eval.py on the finished workdir: table, JSON and PNG.
+  res = _run('eval.py', f'--workdir={straight}')
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert 'mIoU' in res.stdout.splitlines()[0] and 'val mIoU:' in res.stdout
+  report = json.load(open(os.path.join(straight, 'eval_val.json')))
+  conf = np.array(report['confusion'])
+  assert conf.sum() == 16 * 32 * 32 and report['step'] == total
+  assert os.path.getsize(os.path.join(straight, 'examples_val.png')) > 0
+
+  # A checkpoint of another architecture: one clear line naming it, nothing overwritten.
+  other = str(tmp_path / 'other')
+  shutil.copytree(straight, other)
+  cfg = json.load(open(os.path.join(other, 'config.json')))
+  cfg['model']['backbone']['width'] = 0.125
+  json.dump(cfg, open(os.path.join(other, 'config.json'), 'w'))
+  before = sorted(os.listdir(os.path.join(other, 'checkpoints')))
+  res = _run('eval.py', f'--workdir={other}')
+  assert res.returncode != 0 and 'Traceback' not in res.stderr
+  assert res.stderr.strip().splitlines()[-1].startswith('error: ')
+  assert 'checkpoint architecture differs' in res.stderr and 'conv1_1' in res.stderr
+  assert sorted(os.listdir(os.path.join(other, 'checkpoints'))) == before
+  # train.py with a different model into an existing workdir refuses rather than mixing runs.
+  res = _run('train.py', '--config=configs/tiny.py', f'--workdir={straight}', '--config.model.backbone.width=0.125')
+  assert res.returncode != 0 and 'Traceback' not in res.stderr and 'different model' in res.stderr
+  assert _complete_steps(os.path.join(straight, 'checkpoints'))[-1] == total
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config.train.nope=1'], 'config.train.nope'),
+    (['--config=configs/missing.py'], 'configs/missing.py'),
+])
+def test_bad_flags_give_one_error_line(args, message):
+  res = _run('train.py', '--config=configs/tiny.py', *args, timeout=120)
+  assert res.returncode != 0 and 'Traceback' not in res.stderr
+  lines = res.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0]
+
+
+def test_unknown_key_in_config_file_and_workdir_that_is_a_file(tmp_path):
+  cfg = tmp_path / 'typo.py'
+  cfg.write_text('from configs import tiny\n\ndef get_config():\n  c = tiny.get_config()\n'
+                 '  c.unlock()\n  c.train.num_step = 3\n  return c\n')
+  res = _run('train.py', f'--config={cfg}', f'--workdir={tmp_path / "w"}', timeout=120)
+  assert res.returncode != 0 and 'Traceback' not in res.stderr
+  assert res.stderr.strip().splitlines() == [res.stderr.strip().splitlines()[-1]]
+  assert 'unknown config key config.train.num_step' in res.stderr
+  afile = tmp_path / 'afile'
+  afile.write_text('keep me')
+  res = _run('train.py', '--config=configs/tiny.py', f'--workdir={afile}', timeout=120)
+  assert res.returncode != 0 and 'Traceback' not in res.stderr
+  assert 'is not a directory' in res.stderr and afile.read_text() == 'keep me'

@@ -1,0 +1,29 @@
+"""Train wsss-jax: `python train.py [--config=configs/default.py] [--workdir=runs/default]`.
+
+Overrides: `--config.train.num_steps=100`. Rerunning the same command resumes
+from the latest checkpoint in the workdir.
+"""
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from wsss_jax import cli, train_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', 'configs/default.py', 'Training config file.', lock_config=True)
+flags.DEFINE_string('workdir', 'runs/default', 'Directory for checkpoints, metrics and results.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  try:
+    train_lib.train_and_evaluate(cli.config_from_flag('config'), FLAGS.workdir)
+  except train_lib.ConfigError as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)
