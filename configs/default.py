@@ -32,11 +32,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.mode = 'weak'                 # weak (B1: Delta^C only) | fully_supervised
   config.train.batch_size = 32
-  config.train.num_steps = 3000
+  config.train.num_steps = 1500
   config.train.learning_rate = 0.01
   config.train.momentum = 0.9
   config.train.weight_decay = 5e-4
-  config.train.lr_decay_every = 2000
+  config.train.lr_decay_every = 1000
   config.train.lr_decay_factor = 0.1
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 2

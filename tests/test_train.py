@@ -33,7 +33,7 @@ def _one_step(config, state, batch, devices):
   sharded = {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
   rngs = jax.random.split(jax.random.key(5), n)
   new, aux = p(jax_utils.replicate(state, devices=devices), sharded, rngs)
-  return jax.device_get(jax_utils.unreplicate(new).params), float(aux['loss'][0])
+  return jax.tree.map(lambda x: np.asarray(x)[0], new.params), float(aux['loss'][0])
 
 
 @pytest.mark.parametrize('mode', ['weak', 'fully_supervised'])

@@ -177,8 +177,8 @@ def output_size(size: int) -> int:
 
 def check_params(params: Any, expected: Any, source: str) -> None:
   """Raise one clear ValueError when `params` does not match `expected`'s layout."""
-  got = jax.tree.map(lambda a: tuple(np.shape(a)), params)
-  want = jax.tree.map(lambda a: tuple(np.shape(a)), expected)
+  shape = lambda a: tuple(a.shape) if hasattr(a, 'shape') else np.shape(a)
+  got, want = jax.tree.map(shape, params), jax.tree.map(shape, expected)
   if got == want:
     return
   if not isinstance(got, dict) or not isinstance(want, dict):

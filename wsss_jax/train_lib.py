@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from flax import jax_utils, serialization
+from flax import jax_utils
 from flax.training import train_state
 
 from wsss_jax import backbone, data, losses, metrics, model, visualize
@@ -189,26 +189,31 @@ def step_rngs(base: jax.Array, step: int) -> jax.Array:
 
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
   opts = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')), options=opts)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')), options=opts,
+                               item_handlers=ocp.StandardCheckpointHandler())
 
 
-def restore_state(mngr: ocp.CheckpointManager, template: TrainState, step: int | None = None,
-                  source: str = 'checkpoint') -> TrainState:
+def restore_state(mngr: ocp.CheckpointManager, template: TrainState, step: int | None = None) -> TrainState:
   """Restore the latest (or given) checkpoint into `template`'s structure.
 
-  The parameter layout is compared with the configured model first, so a
-  checkpoint of another architecture gives one clear error.
+  The stored parameter shapes are compared with the configured model first
+  (from metadata, without reading arrays), so a checkpoint of another
+  architecture gives one clear error instead of an orbax traceback.
   """
   step = mngr.latest_step() if step is None else step
-  raw = mngr.restore(step, args=ocp.args.StandardRestore())
-  where = f'{source} step {step} in {mngr.directory}'
-  if not isinstance(raw, Mapping) or 'params' not in raw:
+  if step is None or step not in mngr.all_steps():
+    raise ConfigError(f'no checkpoint{"" if step is None else f" for step {step}"} in {mngr.directory}')
+  where = f'checkpoint step {step} in {mngr.directory}'
+  meta = mngr.item_metadata(step)
+  tree = getattr(meta, 'tree', meta)
+  if not isinstance(tree, Mapping) or 'params' not in tree:
     raise ConfigError(f'{where} does not hold a wsss-jax TrainState')
+  stored = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, jnp.float32), tree['params'])
   try:
-    backbone.check_params(raw['params'], template.params, where)
+    backbone.check_params(stored, template.params, where)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  return serialization.from_state_dict(template, raw)
+  return mngr.restore(step, args=ocp.args.StandardRestore(template))
 
 
 def save_state(mngr: ocp.CheckpointManager, state: TrainState) -> None:
@@ -233,8 +238,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   os.makedirs(workdir, exist_ok=True)
   old = os.path.join(workdir, 'config.json')
   if os.path.exists(old):
-    prev = load_config(workdir)
-    if prev.to_dict()['model'] != config.to_dict()['model'] or prev.data.to_dict() != config.data.to_dict():
+    prev = json.loads(load_config(workdir).to_json())
+    now = json.loads(config.to_json())  # the JSON round trip makes tuples lists on both sides
+    if prev['model'] != now['model'] or prev['data'] != now['data']:
       raise ConfigError(f'{workdir} holds a run with a different model or data config '
                         f'(see {old}); use a new --workdir')
   save_config(config, workdir)
