@@ -31,9 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.mode = 'weak'                 # weak (B1: Delta^C only) | fully_supervised
+  config.train.optimizer = 'adam'            # adam (CPU default, see docs/DESIGN.md) | sgd (paper, Sec. 7)
   config.train.batch_size = 32
   config.train.num_steps = 1500
-  config.train.learning_rate = 0.01
+  config.train.learning_rate = 0.001
   config.train.momentum = 0.9
   config.train.weight_decay = 5e-4
   config.train.lr_decay_every = 1000

@@ -87,6 +87,7 @@ def test_bilateral_operator_matches_dense_numpy_and_solutions_agree():
   Wn = _np_weights(pos, feat, radius, 10.0, 30.0)
   # Convex variant: Q = 2 I + sym(Wn).
   op = qp.BilateralOperator(wts, jnp.asarray(1.0), jnp.asarray(2.0), jnp.asarray(0.0), radius)
+  np.testing.assert_allclose(op.dense(), 2.0 * np.eye(h * w) + 0.5 * (Wn + Wn.T), atol=1e-12)
   Qd = 2.0 * np.eye(h * w) + 0.5 * (Wn + Wn.T)
   x = rng.normal(size=h * w)
   np.testing.assert_allclose(op.matvec(jnp.asarray(x)), Qd @ x, rtol=1e-12, atol=1e-12)
@@ -153,12 +154,13 @@ def test_operator_gradients_and_unrolled_mode():
   rng = np.random.default_rng(2)
   h, w, radius = 4, 4, 1
   pos, feat = _grid_problem(rng, h, w, radius)
-  wts = np.asarray(qp.bilateral_weights(jnp.asarray(pos), jnp.asarray(feat), (h, w), radius, 10.0, 30.0))
+  wts = np.asarray(qp.bilateral_weights(jnp.asarray(pos), jnp.asarray(feat), (h, w), radius, 10.0, 30.0,
+                                        row_normalize=False))
   q = rng.normal(size=h * w)
   c = rng.normal(size=h * w)
 
   def loss(wt, implicit=True):
-    op = qp.BilateralOperator(wt, jnp.asarray(1.0), jnp.asarray(1.5), jnp.asarray(0.0), radius)
+    op = qp.BilateralOperator(qp.symmetrize(wt, radius), jnp.asarray(1.0), jnp.asarray(1.5), jnp.asarray(0.0), radius)
     return jnp.sum(c * qp.solve_nonneg_qp(op, jnp.asarray(q), tol=1e-13, max_iters=3000,
                                           implicit_diff=implicit).x)
 

@@ -77,17 +77,37 @@ def power_iteration(matvec, shape, iters: int = 30) -> jax.Array:
   return jnp.linalg.norm(matvec(v), axis=-1)
 
 
+def _offsets(radius: int) -> list[tuple[int, int]]:
+  """Window offsets in raster order; offset k and K-1-k are opposite."""
+  return [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
+
+
+def _shifted(a: jax.Array, dy: int, dx: int, radius: int) -> jax.Array:
+  """b[..., y, x] = a[..., y + dy, x + dx], zero outside the grid (a is (..., h, w))."""
+  h, w = a.shape[-2:]
+  pad = [(0, 0)] * (a.ndim - 2) + [(radius, radius), (radius, radius)]
+  return jnp.pad(a, pad)[..., radius + dy:radius + dy + h, radius + dx:radius + dx + w]
+
+
+def symmetrize(weights: jax.Array, radius: int) -> jax.Array:
+  """Per-offset weights of (W + W^T) / 2: S[i, o] = (W[i, o] + W[i + o, -o]) / 2."""
+  k = weights.shape[-1]
+  cols = [0.5 * (weights[..., j] + _shifted(weights[..., k - 1 - j], dy, dx, radius))
+          for j, (dy, dx) in enumerate(_offsets(radius))]
+  return jnp.stack(cols, -1)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class BilateralOperator:
-  """Q x = scale * (sym(W_n) x) + diag * x + rank_one * sum(x) * 1 on an h x w grid.
+  """Q x = scale * (S x) + diag * x + rank_one * sum(x) * 1 on an h x w grid, in O(n (2r+1)^2).
 
-  W is a bilateral affinity restricted to a (2r+1)^2 window; with
-  `row_normalize` it is divided by its row sums (Eq. 9: w / sum_i' w) and
-  symmetrised as (W_n + W_n^T) / 2, which is what a quadratic form sees.
-  `weights` holds W per offset: (..., h, w, (2r+1)^2), zero outside the grid.
-  Eq. (9)'s Q = -D = 1 1^T - sym(W_n) is scale=-1, rank_one=1, diag=0.
-  Cost: O(n (2r+1)^2) per matvec.
+  S is a symmetric affinity restricted to a (2r+1)^2 window, stored per
+  offset: `weights` (..., h, w, (2r+1)^2) with (S x)_i = sum_o S[i, o] x[i + o]
+  and S[i, o] = S[i + o, -o] (use `symmetrize` on a non-symmetric W, as
+  `bilateral_weights` does). Eq. (9)'s Q = -D = 1 1^T - sym(W_n) is scale=-1,
+  rank_one=1, diag=0; a convex variant is scale=-1, diag > ||S||_2.
+  scale, diag and rank_one are scalars or per batch element.
   """
   weights: jax.Array
   scale: jax.Array
@@ -95,71 +115,61 @@ class BilateralOperator:
   rank_one: jax.Array
   radius: int = dataclasses.field(metadata=dict(static=True))
 
-  def _offsets(self):
-    r = self.radius
-    return [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
-
-  def _apply_w(self, x: jax.Array, transpose: bool) -> jax.Array:
-    """(W x)_i = sum_o W[i, o] x[i + o]; (W^T x)_i = sum_o W[i - o, o] x[i - o]."""
-    r = self.radius
+  def _apply_s(self, x: jax.Array) -> jax.Array:
     h, w = self.weights.shape[-3:-1]
     xg = x.reshape(x.shape[:-1] + (h, w))
-    pad = [(0, 0)] * (xg.ndim - 2) + [(r, r), (r, r)]
-    out = jnp.zeros_like(xg)
-    if not transpose:
-      xp = jnp.pad(xg, pad)
-      for k, (dy, dx) in enumerate(self._offsets()):
-        out = out + self.weights[..., k] * xp[..., r + dy:r + dy + h, r + dx:r + dx + w]
-    else:
-      for k, (dy, dx) in enumerate(self._offsets()):
-        prod = jnp.pad(self.weights[..., k] * xg, pad)
-        out = out + prod[..., r - dy:r - dy + h, r - dx:r - dx + w]
+    out = sum(self.weights[..., k] * _shifted(xg, dy, dx, self.radius)
+              for k, (dy, dx) in enumerate(_offsets(self.radius)))
     return out.reshape(x.shape)
 
   def matvec(self, x: jax.Array) -> jax.Array:
-    wx = 0.5 * (self._apply_w(x, False) + self._apply_w(x, True))
-    return self.scale[..., None] * wx + self.diag[..., None] * x + self.rank_one[..., None] * jnp.sum(
-        x, -1, keepdims=True)
+    return (jnp.asarray(self.scale)[..., None] * self._apply_s(x) + jnp.asarray(self.diag)[..., None] * x
+            + jnp.asarray(self.rank_one)[..., None] * jnp.sum(x, -1, keepdims=True))
 
   def norm_bound(self) -> jax.Array:
-    """|scale| * max row sum of sym(W) + |diag| + n |rank_one| (a Gershgorin-type bound)."""
-    n = self.weights.shape[-3] * self.weights.shape[-2]
-    row = jnp.sum(self.weights, -1)
-    col = self._apply_w(jnp.ones(self.weights.shape[:-1]).reshape(self.weights.shape[:-3] + (n,)), True)
-    wmax = 0.5 * (jnp.max(row.reshape(row.shape[:-2] + (n,)), -1) + jnp.max(col, -1))
-    return jnp.abs(self.scale) * wmax + jnp.abs(self.diag) + n * jnp.abs(self.rank_one)
+    """Gershgorin: |scale| max_i sum_o |S[i, o]| + |diag| + n |rank_one| >= ||Q||_2."""
+    h, w = self.weights.shape[-3:-1]
+    row = jnp.max(jnp.sum(jnp.abs(self.weights), -1), (-2, -1))
+    return jnp.abs(self.scale) * row + jnp.abs(self.diag) + h * w * jnp.abs(self.rank_one)
+
+  def rank_one_split(self) -> tuple[jax.Array, jax.Array]:
+    """(c, alpha): Q = c 1 1^T + R with c >= 0 and alpha >= ||R||_2, for the solver's metric."""
+    c = jnp.maximum(jnp.asarray(self.rank_one), 0.0)
+    h, w = self.weights.shape[-3:-1]
+    row = jnp.max(jnp.sum(jnp.abs(self.weights), -1), (-2, -1))
+    rest = jnp.abs(self.scale) * row + jnp.abs(self.diag) + h * w * jnp.abs(jnp.asarray(self.rank_one) - c)
+    return c, rest
 
   def dense(self) -> jax.Array:
     """The (..., n, n) matrix (tests and small problems only)."""
     n = self.weights.shape[-3] * self.weights.shape[-2]
-    eye = jnp.eye(n)
-    batch = self.weights.shape[:-3]
-    cols = jax.vmap(lambda e: self.matvec(jnp.broadcast_to(e, batch + (n,))), out_axes=-1)(eye)
-    return cols
+    batch = jnp.broadcast_shapes(self.weights.shape[:-3], jnp.shape(self.scale), jnp.shape(self.diag),
+                                 jnp.shape(self.rank_one))
+    return jax.vmap(lambda e: self.matvec(jnp.broadcast_to(e, batch + (n,))), out_axes=-1)(jnp.eye(n))
 
 
 def bilateral_weights(positions: jax.Array, features: jax.Array, grid: tuple[int, int], radius: int,
                       sigma_z: float, sigma_r: float, row_normalize: bool = True) -> jax.Array:
-  """Windowed Eq. (8) weights exp(-|z-z'|^2/s_z^2) exp(-|r-r'|^2/s_r^2) per offset: (..., h, w, (2r+1)^2).
+  """Windowed Eq. (8) weights per offset, (..., h, w, (2r+1)^2), ready for `BilateralOperator`.
 
-  `positions` (..., h, w, 2) and `features` (..., h, w, f) are per grid cell;
-  offsets that leave the grid get weight 0. With `row_normalize` each row is
-  divided by its sum (the w / sum w of Eq. 9).
+  w = exp(-|z - z'|^2 / sigma_z^2) exp(-|r - r'|^2 / sigma_r^2) for `positions`
+  (..., h, w, 2) and `features` (..., h, w, f); offsets leaving the grid get 0.
+  With `row_normalize` rows are divided by their sums (Eq. 9's w / sum w) and
+  the result is symmetrised, (W_n + W_n^T) / 2: the part a quadratic form sees.
   """
   h, w = grid
   pad = [(0, 0)] * (positions.ndim - 3) + [(radius, radius), (radius, radius), (0, 0)]
   zp, rp = jnp.pad(positions, pad), jnp.pad(features, pad)
-  valid = jnp.pad(jnp.ones(positions.shape[:-1] + (1,)), pad)
+  valid = jnp.pad(jnp.ones(positions.shape[:-1] + (1,), positions.dtype), pad)
   ws = []
-  for dy in range(-radius, radius + 1):
-    for dx in range(-radius, radius + 1):
-      sl = (Ellipsis, slice(radius + dy, radius + dy + h), slice(radius + dx, radius + dx + w), slice(None))
-      dz = jnp.sum((positions - zp[sl]) ** 2, -1)
-      dr = jnp.sum((features - rp[sl]) ** 2, -1)
-      ws.append(jnp.exp(-dz / sigma_z ** 2 - dr / sigma_r ** 2) * valid[sl][..., 0])
+  for dy, dx in _offsets(radius):
+    sl = (Ellipsis, slice(radius + dy, radius + dy + h), slice(radius + dx, radius + dx + w), slice(None))
+    dz = jnp.sum((positions - zp[sl]) ** 2, -1)
+    dr = jnp.sum((features - rp[sl]) ** 2, -1)
+    ws.append(jnp.exp(-dz / sigma_z ** 2 - dr / sigma_r ** 2) * valid[sl][..., 0])
   wts = jnp.stack(ws, -1)
   if row_normalize:
-    wts = wts / jnp.sum(wts, -1, keepdims=True)
+    wts = symmetrize(wts / jnp.sum(wts, -1, keepdims=True), radius)
   return wts
 
 
@@ -177,16 +187,57 @@ def _kkt_residual(x, g, qnorm):
   return jnp.max(jnp.abs(x - jnp.maximum(0.0, x - g)), -1) / jnp.maximum(qnorm, TINY)
 
 
-def _fista(op, q, x0, L, max_iters: int, tol: float, early_exit: bool = True):
-  """Restarted FISTA; returns QPSolution. Every array has the batch shape of q."""
+def _metric_projection(z: jax.Array, kappa: jax.Array, iters: int = 50, early_exit: bool = True) -> jax.Array:
+  """argmin_{x >= 0} ||x - z||_M^2 for M = alpha I + c 1 1^T, kappa = c / alpha >= 0.
+
+  x = max(0, z - kappa tau 1) where tau = sum(x) - sum(z) solves the scalar
+  equation g(tau) = sum(max(0, z - kappa tau)) - sum(z) - tau = 0. g is convex
+  and decreasing with g(0) >= 0, so Newton from tau = 0 increases
+  monotonically to the root and stops exactly (g is piecewise linear).
+  """
+  sz = jnp.sum(z, -1)
+
+  def g_and_slope(tau):
+    act = z - kappa[..., None] * tau[..., None] > 0
+    g = jnp.sum(jnp.where(act, z - kappa[..., None] * tau[..., None], 0.0), -1) - sz - tau
+    return g, -(kappa * jnp.sum(act, -1) + 1.0)
+
+  def body(c):
+    k, tau, _ = c
+    g, slope = g_and_slope(tau)
+    new = jnp.maximum(tau - g / slope, tau)
+    return k + 1, new, jnp.any(new != tau)
+
+  init = (0, jnp.zeros(z.shape[:-1], z.dtype), jnp.array(True))
+  if early_exit:
+    _, tau, _ = jax.lax.while_loop(lambda c: (c[0] < iters) & c[2], body, init)
+  else:  # static trip count, for reverse-mode differentiation through the iterations
+    _, tau, _ = jax.lax.fori_loop(0, iters, lambda _, c: body(c), init)
+  return jnp.maximum(0.0, z - kappa[..., None] * tau[..., None])
+
+
+def _fista(op, q, x0, alpha, c, max_iters: int, tol: float, early_exit: bool = True):
+  """Restarted FISTA in the metric M = alpha I + c 1 1^T (M >= Q); returns QPSolution.
+
+  c = 0 is plain projected FISTA with step 1/alpha. With c > 0 (the rank-one
+  part of Q, e.g. Eq. 9's 1 1^T) the step M^{-1} grad and the M-projection
+  absorb the rank-one curvature, so the iteration count no longer grows with
+  n * c / ||Q - c 1 1^T||.
+  """
+  n = q.shape[-1]
   qnorm = jnp.max(jnp.abs(q), -1)
-  step = (1.0 / L)[..., None]
+  kappa = c / alpha
+  sm = (c / (alpha + c * n))[..., None]
+  inv_a = (1.0 / alpha)[..., None]
+  precond = lambda g: inv_a * (g - sm * jnp.sum(g, -1, keepdims=True))  # M^{-1} g (Sherman-Morrison)
+  project = (lambda z: jnp.maximum(0.0, z)) if not isinstance(c, jax.Array) else (
+      lambda z: _metric_projection(z, kappa, early_exit=early_exit))
   qx0 = op.matvec(x0)
 
   def body(carry):
     k, x, qx, y, qy, t, done, iters, res = carry
     g = qy + q
-    x_new = jnp.maximum(0.0, y - step * g)
+    x_new = project(y - precond(g))
     qx_new = op.matvec(x_new)
     # Adaptive restart (gradient scheme): momentum pointing uphill resets it.
     restart = jnp.sum(g * (x_new - x), -1) > 0
@@ -301,25 +352,33 @@ def solve_nonneg_qp(Q: Any, q: jax.Array, *, x0: jax.Array | None = None, max_it
   if not isinstance(q, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(q))):
     raise ValueError('q contains NaN or inf')
   x0 = jnp.zeros_like(q) if x0 is None else jnp.maximum(jnp.broadcast_to(x0, q.shape), 0.0)
-  L = op.norm_bound() if lipschitz is None else jnp.asarray(lipschitz, q.dtype)
-  L = jnp.broadcast_to(jnp.maximum(L, TINY), q.shape[:-1]).astype(q.dtype)
+  batch = q.shape[:-1]
+  if lipschitz is not None:
+    alpha, c = jnp.asarray(lipschitz, q.dtype), 0.0
+  elif hasattr(op, 'rank_one_split'):
+    c, alpha = op.rank_one_split()
+    c = jnp.broadcast_to(jnp.asarray(c, q.dtype), batch)
+  else:
+    alpha, c = op.norm_bound(), 0.0
+  alpha = jnp.broadcast_to(jnp.maximum(alpha, TINY), batch).astype(q.dtype)
+  alpha, c = jax.lax.stop_gradient(alpha), jax.lax.stop_gradient(c)
   if not implicit_diff:
-    return _fista(op, q, x0, L, max_iters, tol, early_exit=False)
-  return _implicit_solve(op, q, x0, L, max_iters, tol, cg_iters)
+    return _fista(op, q, x0, alpha, c, max_iters, tol, early_exit=False)
+  return _implicit_solve(op, q, x0, alpha, c, max_iters, tol, cg_iters)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _implicit_solve(op, q, x0, L, max_iters, tol, cg_iters):
-  return _fista(jax.lax.stop_gradient(op), q, x0, L, max_iters, tol)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _implicit_solve(op, q, x0, alpha, c, max_iters, tol, cg_iters):
+  return _fista(jax.lax.stop_gradient(op), q, x0, alpha, c, max_iters, tol)
 
 
-def _implicit_fwd(op, q, x0, L, max_iters, tol, cg_iters):
-  sol = _fista(op, q, x0, L, max_iters, tol)
-  return sol, (op, sol.x)
+def _implicit_fwd(op, q, x0, alpha, c, max_iters, tol, cg_iters):
+  sol = _fista(op, q, x0, alpha, c, max_iters, tol)
+  return sol, (op, sol.x, c)
 
 
 def _implicit_bwd(max_iters, tol, cg_iters, res, ct):
-  op, x = res
+  op, x, c = res
   free = (x > 0).astype(x.dtype)
   # Q_FF w_F = v_F on the free set, identity on the active set; then dq = -w, dQ = -w x^T.
   masked = lambda u: free * op.matvec(free * u) + (1.0 - free) * u
@@ -327,7 +386,7 @@ def _implicit_bwd(max_iters, tol, cg_iters, res, ct):
   w = free * _batched_cg(masked, free * ct.x, cg_iters, cg_tol)
   _, op_vjp = jax.vjp(lambda o: o.matvec(x), op)
   (d_op,) = op_vjp(-w)
-  return d_op, -w, jnp.zeros_like(x), jnp.zeros(x.shape[:-1], x.dtype)
+  return d_op, -w, jnp.zeros_like(x), jnp.zeros(x.shape[:-1], x.dtype), jax.tree.map(jnp.zeros_like, c)
 
 
 _implicit_solve.defvjp(_implicit_fwd, _implicit_bwd)

@@ -21,6 +21,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import jax_utils
 from flax.training import train_state
+from tqdm.auto import tqdm
 
 from wsss_jax import backbone, data, losses, metrics, model, visualize
 
@@ -49,7 +50,7 @@ SCHEMA = {
     'model': {'backbone': {'width': None, 'depth': None, 'fc_features': None,
                            'fc6_dilation': None, 'dropout_rate': None},
               'aggregation': None, 'lse_r': None, 'aggregate_input': None},
-    'train': {'mode': None, 'batch_size': None, 'num_steps': None, 'learning_rate': None,
+    'train': {'mode': None, 'optimizer': None, 'batch_size': None, 'num_steps': None, 'learning_rate': None,
               'momentum': None, 'weight_decay': None, 'lr_decay_every': None,
               'lr_decay_factor': None, 'checkpoint_every': None, 'keep_checkpoints': None,
               'log_every': None, 'progress_bar': None},
@@ -77,6 +78,8 @@ def validate_config(config: Mapping[str, Any]) -> None:
   t, m = config['train'], config['model']
   if t['mode'] not in MODES:
     raise ConfigError(f'config.train.mode must be one of {MODES}, got {t["mode"]!r}')
+  if t['optimizer'] not in ('sgd', 'adam'):
+    raise ConfigError(f'config.train.optimizer must be sgd|adam, got {t["optimizer"]!r}')
   if m['aggregation'] not in ('fcl', 'gap', 'gmp', 'lse'):
     raise ConfigError(f'config.model.aggregation must be fcl|gap|gmp|lse, got {m["aggregation"]!r}')
   if m['aggregate_input'] not in ('scores', 'log_softmax'):
@@ -131,9 +134,13 @@ def learning_rate_schedule(config) -> optax.Schedule:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  """SGD with momentum and weight decay (Sec. 7)."""
-  return optax.chain(optax.add_decayed_weights(config.train.weight_decay),
-                     optax.sgd(learning_rate_schedule(config), momentum=config.train.momentum))
+  """SGD with momentum and weight decay (Sec. 7); 'adam' is offered for short CPU runs."""
+  t = config.train
+  if t.optimizer == 'sgd':
+    opt = optax.sgd(learning_rate_schedule(config), momentum=t.momentum)
+  else:
+    opt = optax.adam(learning_rate_schedule(config))
+  return optax.chain(optax.add_decayed_weights(t.weight_decay), opt)
 
 
 def create_state(config, key: jax.Array) -> TrainState:
@@ -263,7 +270,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rstate = jax_utils.replicate(state)
   del state
 
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   bar = tqdm(total=num_steps, initial=start, disable=not config.train.progress_bar or jax.process_index() != 0,
              unit='step', dynamic_ncols=True)
   t_window, n_window, aux = time.perf_counter(), 0, None

@@ -8,11 +8,12 @@ code reads `mask` only in the fully supervised oracle mode.
 It is hard for weak supervision in the ways PASCAL VOC is:
 
 * Every class is a large textured *body* plus a small saturated *part*.
-  Classes come in families of two that share the body (shape, colour,
-  stripe texture) and differ only in the part's colour, so a classifier
-  latches onto the part, while the body defines the true extent: the part
-  alone covers a small fraction of the object (``example(i, parts=True)``
-  returns the part mask to measure it).
+  Classes come in families of two that share the body's shape, base colour
+  and stripe period; within a family only the part's colour and the sign of
+  the stripe contrast (light vs dark stripes) differ. The saturated part is
+  the most discriminative cue, so a classifier latches onto it, while the
+  body defines the true extent: the part alone covers a small fraction of
+  the object (``example(i, parts=True)`` returns the part mask to measure it).
 * 1..`max_objects` objects per image, scales in `scale_range`, random
   orientation, drawn in order so later objects occlude earlier ones.
 * Backgrounds are textured noise fields with `clutter` random blobs; with
@@ -168,7 +169,8 @@ class SyntheticWSSS:
       phase = (self._xx[box] * np.cos(theta + 1.0) + self._yy[box] * np.sin(theta + 1.0)) * freq
       on = np.sin(phase[body] + d.uniform(0, 2 * np.pi)) > 0
       col = np.array(colour, np.float32) + d.normal(10, 3)
-      img[box][body] = col + on[:, None] * np.array(stripe, np.float32)
+      sign = 1.0 if cls % 2 else -1.0  # light stripes for the first class of a family, dark for the second
+      img[box][body] = col + on[:, None] * (sign * np.array(stripe, np.float32))
       mask[box][body] = cls
       part_mask[box][body] = 0
       pr = max(1.5, self.part_scale * b)
