@@ -101,25 +101,30 @@ def test_bilateral_operator_matches_dense_numpy_and_solutions_agree():
     assert abs(_obj(Qd, q[i], np.asarray(s_op.x[i])) - _obj(Qd, q[i], ref)) <= 1e-5 * abs(_obj(Qd, q[i], ref))
 
 
-@pytest.mark.parametrize('radius', [2, 7])  # 7 covers the whole 8x8 map: the literal dense Eq. (9)
-def test_copositive_eq9_reaches_kkt_and_beats_pgs(radius):
+@pytest.mark.parametrize('radius, colour_range', [(2, 60), (7, 60), (3, 255)])  # 7: the whole 8x8 map
+def test_copositive_eq9_reaches_kkt_and_pgs_matches_reference(radius, colour_range):
   rng = np.random.default_rng(radius)
   h = w = 8
-  pos, feat = _grid_problem(rng, h, w, radius, batch=(3,))
+  pos, _ = _grid_problem(rng, h, w, radius, batch=(3,))
+  feat = rng.uniform(0, colour_range, size=(3, h, w, 3))
   wts = qp.bilateral_weights(jnp.asarray(pos), jnp.asarray(feat), (h, w), radius, 10.0, 30.0)
   op = qp.BilateralOperator(wts, jnp.full((3,), -1.0), jnp.zeros(3), jnp.ones(3), radius)
   gamma, alpha = rng.random((3, h * w)), rng.random((3, h * w))
   b = gamma / gamma.sum(-1, keepdims=True) + alpha / alpha.sum(-1, keepdims=True)
-  sol = qp.solve_nonneg_qp(op, jnp.asarray(-b), tol=1e-8, max_iters=50000)
-  assert bool(np.all(sol.converged))
+  fista = qp.solve_nonneg_qp(op, jnp.asarray(-b), tol=1e-8, max_iters=50000)
+  pgs = qp.solve_nonneg_qp(op, jnp.asarray(-b), tol=1e-8, method='pgs')
+  assert bool(np.all(fista.converged)) and bool(np.all(pgs.converged))
   for i in range(3):
     Wn = _np_weights(pos[i], feat[i], radius, 10.0, 30.0)
     Q = np.ones((h * w, h * w)) - 0.5 * (Wn + Wn.T)  # -D of Eq. (9), symmetrised
     assert np.min(np.linalg.eigvalsh(Q)) < 0  # indefinite: OSQP would refuse it
-    x = np.asarray(sol.x[i])
-    assert _kkt(Q, -b[i], x) <= 1e-5
+    dense_pgs = qp.solve_nonneg_qp(jnp.asarray(Q), jnp.asarray(-b[i]), tol=1e-8, method='pgs')
     ref = _pgs(Q, -b[i], np.zeros(h * w))
-    assert _obj(Q, -b[i], x) <= _obj(Q, -b[i], ref) + 1e-9 * abs(_obj(Q, -b[i], ref))
+    for x in (np.asarray(fista.x[i]), np.asarray(pgs.x[i]), np.asarray(dense_pgs.x)):
+      assert _kkt(Q, -b[i], x) <= 1e-5
+    # PGS from zero: no worse than the float64 numpy reference from zero (dense and operator forms).
+    for x in (np.asarray(pgs.x[i]), np.asarray(dense_pgs.x)):
+      assert _obj(Q, -b[i], x) <= _obj(Q, -b[i], ref) + 1e-9 * abs(_obj(Q, -b[i], ref))
 
 
 def _fd_check(f, x0, idx, eps=1e-6):
@@ -148,6 +153,16 @@ def test_implicit_gradients_match_finite_differences():
                                                     max_iters=100000).x)
   pairs = [(int(free[0]), int(free[1])), (int(free[2]), int(free[2])), (0, n - 1)]
   _fd_check(loss_Q, Q, pairs)
+
+
+def test_pgs_gradients_match_finite_differences():
+  rng = np.random.default_rng(6)
+  n = 15
+  Q, q = _convex(rng, n)
+  c = rng.normal(size=n)
+  loss = lambda qq: jnp.sum(c * qp.solve_nonneg_qp(jnp.asarray(Q), qq, tol=1e-13, max_iters=20000,
+                                                   method='pgs').x)
+  _fd_check(loss, q, [(i,) for i in range(n)])
 
 
 def test_operator_gradients_and_unrolled_mode():
@@ -190,6 +205,10 @@ def test_bad_input():
     qp.solve_nonneg_qp(jnp.ones((3, 4)), jnp.ones(3))
   with pytest.raises(ValueError, match='size 3 but q has size 4'):
     qp.solve_nonneg_qp(Q, jnp.ones(4))
+  with pytest.raises(ValueError, match='method'):
+    qp.solve_nonneg_qp(Q, jnp.ones(3), method='newton')
+  with pytest.raises(ValueError, match='positive diagonal'):
+    qp.solve_nonneg_qp(jnp.diag(jnp.array([1.0, 0.0, 1.0])), jnp.ones(3), method='pgs')
   with pytest.raises(ValueError, match='NaN'):
     qp.solve_nonneg_qp(Q, jnp.array([1.0, jnp.nan, 0.0]))
   sol = jax.jit(lambda q: qp.solve_nonneg_qp(Q, q))(jnp.array([[1.0, jnp.nan, 0.0], [-1.0, 2.0, -3.0]]))

@@ -14,15 +14,26 @@ batch element). `DenseOperator` and `BilateralOperator` (a windowed
 bilateral affinity on a grid plus a rank-one or diagonal term, applied in
 O(n * window) without forming Q) are provided.
 
-Method: FISTA (accelerated projected gradient) with the gradient-based
-adaptive restart of O'Donoghue & Candes (2015), step 1/L with L from the
-operator's bound (dense: min of a 30-step power iteration x 1.05 and the
-Gershgorin bound). One matvec per iteration: Q y is carried as a linear
-combination of Q x_k and Q x_{k-1}. Each batch element stops (is frozen)
-once its relative KKT residual is below `tol`; the loop ends when all have.
-On convex problems restarted FISTA converges linearly; on copositive
-nonconvex ones the restart makes the iterates descend in practice and the
-returned residual says whether a KKT point was reached.
+Methods (`method=`):
+* 'fista' (default): accelerated projected gradient with the gradient-based
+  adaptive restart of O'Donoghue & Candes (2015), in the metric
+  M = alpha I + c 1 1^T >= Q, where c is the rank-one part of Q (operators
+  expose it through `rank_one_split`; 0 for a dense Q) and alpha bounds the
+  rest (dense: min of Gershgorin and 1.05 x a 30-step power iteration). The
+  M-projection onto x >= 0 is exact (a scalar Newton solve), so Eq. (9)'s
+  n-sized rank-one curvature costs nothing: on an 11x11 Eq. (9) instance the
+  iterations fell from 17,304 (plain step 1/L) to 2,253. One matvec per
+  iteration (Q y is carried as a combination of Q x_k and Q x_{k-1}). On
+  convex problems it converges linearly; on nonconvex ones it stops at a KKT
+  point, which may be a poor one.
+* 'pgs': projected Gauss-Seidel, exact coordinate minimisation in sweeps,
+  sequential over coordinates and batched over elements; needs Q_ii > 0 and
+  an operator with `diagonal()` and `row_dot(i, x)`. It is monotone and, on
+  copositive nonconvex problems like Eq. (9), reaches much lower KKT points
+  than FISTA in a few sweeps (bench/qp.py): use it there.
+Each batch element stops (is frozen) once its relative KKT residual is below
+`tol`; the loop ends when all have, so batched, vmapped and single calls
+give the same iterates.
 
 Gradients: by default `solve_nonneg_qp` is differentiated implicitly through
 the KKT conditions on the free set F = {x_i > 0}: with v = dL/dx and
@@ -58,6 +69,13 @@ class DenseOperator:
 
   def matvec(self, x: jax.Array) -> jax.Array:
     return jnp.einsum('...ij,...j->...i', self.matrix, x)
+
+  def diagonal(self) -> jax.Array:
+    return jnp.diagonal(self.matrix, axis1=-2, axis2=-1)
+
+  def row_dot(self, i: jax.Array, x: jax.Array) -> jax.Array:
+    """(Q x)_i for a traced coordinate index i."""
+    return jnp.einsum('...j,...j->...', jnp.take(self.matrix, i, axis=-2), x)
 
   def norm_bound(self) -> jax.Array:
     gersh = jnp.max(jnp.sum(jnp.abs(self.matrix), -1), -1)
@@ -125,6 +143,29 @@ class BilateralOperator:
   def matvec(self, x: jax.Array) -> jax.Array:
     return (jnp.asarray(self.scale)[..., None] * self._apply_s(x) + jnp.asarray(self.diag)[..., None] * x
             + jnp.asarray(self.rank_one)[..., None] * jnp.sum(x, -1, keepdims=True))
+
+  def diagonal(self) -> jax.Array:
+    h, w = self.weights.shape[-3:-1]
+    centre = (len(_offsets(self.radius)) - 1) // 2
+    s_ii = self.weights[..., centre].reshape(self.weights.shape[:-3] + (h * w,))
+    return (jnp.asarray(self.scale)[..., None] * s_ii + jnp.asarray(self.diag)[..., None]
+            + jnp.asarray(self.rank_one)[..., None])
+
+  def row_dot(self, i: jax.Array, x: jax.Array) -> jax.Array:
+    """(Q x)_i for a traced coordinate index i, reading only i's window (plus sum(x))."""
+    r = self.radius
+    h, w = self.weights.shape[-3:-1]
+    k = 2 * r + 1
+    iy, ix = i // w, i % w
+    xg = x.reshape(x.shape[:-1] + (h, w))
+    xp = jnp.pad(xg, [(0, 0)] * (xg.ndim - 2) + [(r, r), (r, r)])
+    lead = xp.ndim - 2
+    win = jax.lax.dynamic_slice(xp, (0,) * lead + (iy, ix), xp.shape[:lead] + (k, k))
+    wrow = jax.lax.dynamic_index_in_dim(jax.lax.dynamic_index_in_dim(self.weights, iy, -3, False), ix, -2, False)
+    sx = jnp.sum(wrow * win.reshape(win.shape[:-2] + (k * k,)), -1)
+    xi = jnp.take(x, i, axis=-1)
+    return (jnp.asarray(self.scale) * sx + jnp.asarray(self.diag) * xi
+            + jnp.asarray(self.rank_one) * jnp.sum(x, -1))
 
   def norm_bound(self) -> jax.Array:
     """Gershgorin: |scale| max_i sum_o |S[i, o]| + |diag| + n |rank_one| >= ||Q||_2."""
@@ -275,6 +316,45 @@ def _fista(op, q, x0, alpha, c, max_iters: int, tol: float, early_exit: bool = T
   return QPSolution(x=x, residual=jnp.where(bad, jnp.nan, res), iterations=iters, converged=done & ~bad)
 
 
+def _pgs(op, q, x0, max_iters: int, tol: float, early_exit: bool = True):
+  """Projected Gauss-Seidel: sweeps of exact coordinate minimisation x_i <- max(0, x_i - g_i / Q_ii).
+
+  Monotone for any Q with a positive diagonal; on copositive nonconvex
+  problems like Eq. (9) it reaches far better KKT points than FISTA, in a
+  few sweeps (bench/qp.py). Sequential over coordinates, batched over
+  elements; `max_iters` counts sweeps.
+  """
+  n = q.shape[-1]
+  qnorm = jnp.max(jnp.abs(q), -1)
+  d = jnp.broadcast_to(op.diagonal(), q.shape)
+  if not isinstance(d, jax.core.Tracer) and bool(jnp.any(d <= 0)):
+    raise ValueError('method="pgs" needs a positive diagonal of Q')
+
+  def coord(i, x):
+    gi = op.row_dot(i, x) + jnp.take(q, i, axis=-1)
+    xi = jnp.take(x, i, axis=-1)
+    return x.at[..., i].set(jnp.maximum(0.0, xi - gi / jnp.take(d, i, axis=-1)))
+
+  def body(carry):
+    k, x, done, iters, res = carry
+    x_new = jax.lax.fori_loop(0, n, coord, x)
+    r_new = _kkt_residual(x_new, op.matvec(x_new) + q, qnorm)
+    keep = done[..., None]
+    return (k + 1, jnp.where(keep, x, x_new), done | (r_new <= tol), jnp.where(done, iters, k + 1),
+            jnp.where(done, res, r_new))
+
+  res0 = _kkt_residual(x0, op.matvec(x0) + q, qnorm)
+  batch = q.shape[:-1]
+  init = (jnp.int32(0), x0, res0 <= tol, jnp.zeros(batch, jnp.int32), res0)
+  if early_exit:
+    out = jax.lax.while_loop(lambda c: (c[0] < max_iters) & ~jnp.all(c[2]), body, init)
+  else:
+    out = jax.lax.fori_loop(0, max_iters, lambda _, c: body(c), init)
+  _, x, done, iters, res = out
+  bad = ~jnp.all(jnp.isfinite(x), -1) | ~jnp.isfinite(res)
+  return QPSolution(x=x, residual=jnp.where(bad, jnp.nan, res), iterations=iters, converged=done & ~bad)
+
+
 def _batched_cg(matvec, b, iters: int, tol: float):
   """Conjugate gradients per batch element (the last axis is the vector)."""
   x = jnp.zeros_like(b)
@@ -319,7 +399,7 @@ def _check_inputs(op, q, x0):
 
 
 def solve_nonneg_qp(Q: Any, q: jax.Array, *, x0: jax.Array | None = None, max_iters: int = 5000,
-                    tol: float = 1e-6, lipschitz: jax.Array | None = None,
+                    tol: float = 1e-6, method: str = 'fista', lipschitz: jax.Array | None = None,
                     implicit_diff: bool = True, cg_iters: int = 500) -> QPSolution:
   """Solve min_{x >= 0} 1/2 x^T Q x + q^T x for every batch element (see the module docstring).
 
@@ -328,7 +408,10 @@ def solve_nonneg_qp(Q: Any, q: jax.Array, *, x0: jax.Array | None = None, max_it
       its batch dimensions broadcast against q's.
     q: (..., n) linear term.
     x0: optional nonnegative start, broadcastable to q (default: zeros).
-    max_iters: iteration budget (static).
+    max_iters: iteration budget (static; sweeps for 'pgs').
+    method: 'fista' (default; parallel, best on convex problems) or 'pgs' (projected
+      Gauss-Seidel; needs Q_ii > 0 and an operator with `diagonal`/`row_dot`; best on
+      copositive nonconvex problems such as Eq. 9, where it finds lower KKT points).
     tol: an element is converged (and frozen) once its relative KKT residual
       ||x - max(0, x - (Qx + q))||_inf / ||q||_inf <= tol.
     lipschitz: optional bound on ||Q||_2 (scalar or per element); default from the operator.
@@ -352,6 +435,15 @@ def solve_nonneg_qp(Q: Any, q: jax.Array, *, x0: jax.Array | None = None, max_it
   if not isinstance(q, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(q))):
     raise ValueError('q contains NaN or inf')
   x0 = jnp.zeros_like(q) if x0 is None else jnp.maximum(jnp.broadcast_to(x0, q.shape), 0.0)
+  if method not in ('fista', 'pgs'):
+    raise ValueError(f'method must be "fista" or "pgs", got {method!r}')
+  if method == 'pgs':
+    if not (hasattr(op, 'diagonal') and hasattr(op, 'row_dot')):
+      raise ValueError('method="pgs" needs an operator with diagonal() and row_dot(i, x)')
+    solve = lambda op, q, aux, early_exit=True: _pgs(op, q, aux, max_iters, tol, early_exit)
+    if not implicit_diff:
+      return solve(op, q, x0, early_exit=False)
+    return _implicit(solve, op, q, x0, cg_iters)
   batch = q.shape[:-1]
   if lipschitz is not None:
     alpha, c = jnp.asarray(lipschitz, q.dtype), 0.0
@@ -362,23 +454,35 @@ def solve_nonneg_qp(Q: Any, q: jax.Array, *, x0: jax.Array | None = None, max_it
     alpha, c = op.norm_bound(), 0.0
   alpha = jnp.broadcast_to(jnp.maximum(alpha, TINY), batch).astype(q.dtype)
   alpha, c = jax.lax.stop_gradient(alpha), jax.lax.stop_gradient(c)
+  solve = lambda op, q, aux, early_exit=True: _fista(op, q, *aux, max_iters, tol, early_exit)
   if not implicit_diff:
-    return _fista(op, q, x0, alpha, c, max_iters, tol, early_exit=False)
-  return _implicit_solve(op, q, x0, alpha, c, max_iters, tol, cg_iters)
+    return solve(op, q, (x0, alpha, c), early_exit=False)
+  return _implicit(solve, op, q, (x0, alpha, c), cg_iters)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _implicit_solve(op, q, x0, alpha, c, max_iters, tol, cg_iters):
-  return _fista(jax.lax.stop_gradient(op), q, x0, alpha, c, max_iters, tol)
+def _implicit(solve, op, q, aux, cg_iters):
+  """solve(op, q, aux) with gradients from the KKT conditions instead of the iterations.
+
+  `aux` (start point, step data) gets zero cotangents: the solution does not depend on it.
+  """
+
+  @jax.custom_vjp
+  def run(op, q, aux):
+    return solve(op, q, aux)
+
+  def fwd(op, q, aux):
+    sol = solve(op, q, aux)
+    return sol, (op, sol.x, aux)
+
+  def bwd(res, ct):
+    op, x, aux = res
+    return _kkt_vjp(op, x, ct, cg_iters) + (jax.tree.map(jnp.zeros_like, aux),)
+
+  run.defvjp(fwd, bwd)
+  return run(op, q, aux)
 
 
-def _implicit_fwd(op, q, x0, alpha, c, max_iters, tol, cg_iters):
-  sol = _fista(op, q, x0, alpha, c, max_iters, tol)
-  return sol, (op, sol.x, c)
-
-
-def _implicit_bwd(max_iters, tol, cg_iters, res, ct):
-  op, x, c = res
+def _kkt_vjp(op, x, ct, cg_iters):
   free = (x > 0).astype(x.dtype)
   # Q_FF w_F = v_F on the free set, identity on the active set; then dq = -w, dQ = -w x^T.
   masked = lambda u: free * op.matvec(free * u) + (1.0 - free) * u
@@ -386,7 +490,4 @@ def _implicit_bwd(max_iters, tol, cg_iters, res, ct):
   w = free * _batched_cg(masked, free * ct.x, cg_iters, cg_tol)
   _, op_vjp = jax.vjp(lambda o: o.matvec(x), op)
   (d_op,) = op_vjp(-w)
-  return d_op, -w, jnp.zeros_like(x), jnp.zeros(x.shape[:-1], x.dtype), jax.tree.map(jnp.zeros_like, c)
-
-
-_implicit_solve.defvjp(_implicit_fwd, _implicit_bwd)
+  return d_op, -w
