@@ -39,7 +39,7 @@ def _one_step(config, state, batch, devices):
 @pytest.mark.parametrize('mode', ['weak', 'fully_supervised'])
 def test_pmap_two_devices_equal_one_device(mode):
   assert jax.device_count() >= 2, 'conftest sets two host devices'
-  config = _tiny(mode=mode, batch_size=4)
+  config = _tiny(mode=mode, batch_size=4, optimizer='sgd', learning_rate=0.01)  # the reference below is SGD
   state = train_lib.create_state(config, jax.random.key_data(jax.random.key(0)))
   ds = data.make_dataset(config.data, 'train')
   batch = next(data.train_batches(ds, global_batch=4, seed=0))
