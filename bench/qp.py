@@ -63,6 +63,19 @@ def numpy_pgs(Qd, q, tol, max_sweeps=2000):
   return np.stack(xs)
 
 
+def run_osqp(P, qs):
+  """OSQP one problem at a time, as users call it: (seconds for all, solutions)."""
+  import osqp  # pylint: disable=g-import-not-at-top
+  n = P.shape[0]
+  xs, t = [], time.perf_counter()
+  for qi in qs:
+    m = osqp.OSQP()
+    m.setup(P=P, q=qi, A=sp.identity(n, format='csc'), l=np.zeros(n), u=np.full(n, np.inf),
+            eps_abs=1e-9, eps_rel=1e-9, max_iter=100000, polishing=True, verbose=False)
+    xs.append(m.solve(raise_error=False).x)
+  return time.perf_counter() - t, np.stack(xs)
+
+
 def literal_dense(args, dtype, q):
   """Eq. (8) over all cell pairs (no window), convex variant Q = d I - sym(W_n): ours (dense) vs OSQP."""
   side = args.side
@@ -79,17 +92,8 @@ def literal_dense(args, dtype, q):
   t_ours, sol = timed(lambda: solve(jnp.asarray(Q, dtype), q), args.repeats)
   x = np.asarray(sol.x, np.float64)
   kkt = lambda x: np.max(np.max(np.abs(x - np.maximum(0, x - (x @ Q + qn))), -1) / np.max(np.abs(qn), -1))
-  import osqp  # pylint: disable=g-import-not-at-top
-  n = side * side
   P = sp.csc_matrix(np.triu(Q))
-  xs, t = [], time.perf_counter()
-  for qi in qn:
-    m = osqp.OSQP()
-    m.setup(P=P, q=qi, A=sp.identity(n, format='csc'), l=np.zeros(n), u=np.full(n, np.inf),
-            eps_abs=1e-9, eps_rel=1e-9, max_iter=100000, polishing=True, verbose=False)
-    xs.append(m.solve(raise_error=False).x)
-  t_osqp = time.perf_counter() - t
-  xo = np.stack(xs)
+  t_osqp, xo = run_osqp(P, qn)
   obj = lambda x: (0.5 * np.sum(x * (x @ Q), -1) + np.sum(qn * x, -1)).mean()
   print(f'literal dense Eq. (8) (no window), convex, {P.nnz} nonzeros in triu(Q):')
   print(f'  ours fista (dense)   {t_ours * 1e3:9.1f} ms  kkt {kkt(x):.2e}  obj {obj(x):+.6e}  iters max {int(np.max(sol.iterations))}')
@@ -151,16 +155,7 @@ def main():
           f'obj {objective(mv, qn[:k], xr).mean():+.6e} on the first {k} (time scaled to {args.batch}); '
           f'ours there: ' + ', '.join(f'{lab} {v:+.6e}' for lab, v in ours_k.items()))
     if name == 'convex' and not args.skip_osqp:
-      import osqp  # pylint: disable=g-import-not-at-top
-      P = sp.csc_matrix(np.triu(dense))
-      xs, t = [], time.perf_counter()
-      for qi in qn:
-        m = osqp.OSQP()
-        m.setup(P=P, q=qi, A=sp.identity(n, format='csc'), l=np.zeros(n), u=np.full(n, np.inf),
-                eps_abs=1e-9, eps_rel=1e-9, max_iter=100000, polishing=True, verbose=False)
-        xs.append(m.solve(raise_error=False).x)
-      t_osqp = time.perf_counter() - t
-      xo = np.stack(xs)
+      t_osqp, xo = run_osqp(sp.csc_matrix(np.triu(dense)), qn)
       print(f'{name:9s} {"osqp (1 at a time)":22s} {t_osqp * 1e3:9.1f} ms  kkt {kkt(xo):.2e}  '
             f'obj {objective(mv, qn, xo).mean():+.6e}')
       print('ratio osqp / ours: ' + ', '.join(f'{lab} {t_osqp / v:.1f}x' for lab, v in times.items()))
