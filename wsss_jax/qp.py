@@ -286,8 +286,7 @@ def _fista(op, q, x0, alpha, c, max_iters: int, tol: float, early_exit: bool = T
   sm = (c / (alpha + c * n))[..., None]
   inv_a = (1.0 / alpha)[..., None]
   precond = lambda g: inv_a * (g - sm * jnp.sum(g, -1, keepdims=True))  # M^{-1} g (Sherman-Morrison)
-  project = (lambda z: jnp.maximum(0.0, z)) if not isinstance(c, jax.Array) else (
-      lambda z: _metric_projection(z, kappa, early_exit=early_exit))
+  project = lambda z: _metric_projection(z, kappa, early_exit=early_exit)  # plain max(0, z) when c = 0
   qx0 = op.matvec(x0)
 
   def body(carry):
