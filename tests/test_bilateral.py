@@ -1,5 +1,6 @@
 """Eqs. (7)-(9) on the stride-8 grid against direct numpy / colorsys evaluations."""
 import colorsys
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,18 @@ from wsss_jax import bilateral
 BINS = (8, 3, 3)
 
 
+def _exact_hsv(rgb):
+  """colorsys's HSV formulas in exact rational arithmetic (colorsys itself rounds: 134/201 * 3 < 2)."""
+  r, g, b = (Fraction(int(c), 255) for c in rgb)
+  mx, mn = max(r, g, b), min(r, g, b)
+  if mx == mn:
+    return Fraction(0), Fraction(0), mx
+  s = (mx - mn) / mx
+  rc, gc, bc = ((mx - c) / (mx - mn) for c in (r, g, b))
+  h = bc - gc if r == mx else (2 + rc - bc if g == mx else 4 + gc - rc)
+  return (h / 6) % 1, s, mx
+
+
 def _np_hist(img):
   """Counts of joint HSV bins per 8x8 cell centred on 8 * (y, x), cells clipped at the border."""
   h, w, _ = img.shape
@@ -18,7 +31,7 @@ def _np_hist(img):
   out = np.zeros((gh, gw, np.prod(BINS)))
   for y in range(h):
     for x in range(w):
-      hh, ss, vv = colorsys.rgb_to_hsv(*(img[y, x] / 255.0))
+      hh, ss, vv = _exact_hsv(img[y, x])
       b = [min(int(v * n), n - 1) for v, n in zip((hh, ss, vv), BINS)]
       cy, cx = (y + 4) // 8, (x + 4) // 8  # cell whose [8c - 4, 8c + 4) holds the pixel
       if cy < gh and cx < gw:
@@ -46,6 +59,11 @@ def _image(rng, size):
   return np.clip(img + rng.normal(0, 25, img.shape), 0, 255).astype(np.uint8)
 
 
+def test_exact_reference_agrees_with_colorsys():
+  for p in np.random.default_rng(3).integers(0, 256, (300, 3)):
+    np.testing.assert_allclose([float(v) for v in _exact_hsv(p)], colorsys.rgb_to_hsv(*(p / 255.0)), atol=1e-12)
+
+
 def test_hsv_matches_colorsys():
   rgb = np.random.default_rng(0).integers(0, 256, (500, 3)).astype(np.uint8)
   rgb[:5] = [[0, 0, 0], [255, 255, 255], [10, 10, 10], [255, 0, 0], [0, 255, 255]]  # grey and pure hues
@@ -64,8 +82,28 @@ def test_cell_histograms_match_numpy(size):
 @pytest.mark.parametrize('radius', [1, 4])  # 4 covers the whole 5x5 grid: the literal dense Eq. (9)
 def test_lateral_operator_matches_eq8_eq9(radius):
   img = _image(np.random.default_rng(1), 40)
-  op = bilateral.lateral_operator(jnp.asarray(img[None]), radius)
+  op = bilateral.lateral_operator(jnp.asarray(img[None]), radius, reading='paper_eq9')
   np.testing.assert_allclose(np.asarray(op.dense())[0], _np_q(img, radius), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('radius', [1, 4])
+def test_diffusion_reading_matches_numpy_and_is_convex(radius):
+  img = _image(np.random.default_rng(2), 40)
+  hist = _np_hist(img)
+  gh, gw, _ = hist.shape
+  cy, cx = np.divmod(np.arange(gh * gw), gw)
+  z = 8.0 * np.stack([cy, cx], -1)
+  r = hist.reshape(gh * gw, -1)
+  w = np.exp(-((z[:, None] - z[None]) ** 2).sum(-1) / 100.0 - ((r[:, None] - r[None]) ** 2).sum(-1) / 900.0)
+  w *= (np.abs(cy[:, None] - cy[None]) <= radius) & (np.abs(cx[:, None] - cx[None]) <= radius)
+  d = w.sum(1)
+  a = w / np.sqrt(d[:, None] * d[None])
+  q_ref = 1.01 * np.eye(gh * gw) - a
+  op = bilateral.lateral_operator(jnp.asarray(img[None]), radius, reading='diffusion', eps=0.01)
+  np.testing.assert_allclose(np.asarray(op.dense())[0], q_ref, rtol=1e-5, atol=1e-6)
+  assert np.min(np.linalg.eigvalsh(q_ref)) > 0  # -D positive definite: a convex QP
+  with pytest.raises(ValueError, match='reading'):
+    bilateral.lateral_operator(jnp.asarray(img[None]), radius, reading='other')
 
 
 def test_feedforward_term_sums_to_one():

@@ -37,7 +37,7 @@ def cell_histograms(images: jax.Array, bins: tuple[int, int, int] = HSV_BINS) ->
   """(B, H, W, 3) images -> (B, h, w, prod(bins)) HSV pixel counts per stride-8 cell."""
   hsv = rgb_to_hsv(images)
   # + 1e-4: for 8-bit RGB, h*8, s*3 and v*3 are either on a bin edge or >= 1/765 away from one,
-  # so this puts float32 round-off on the edge into the same bin as exact arithmetic does.
+  # so this puts float32 round-off on an edge into the bin exact arithmetic gives.
   idx = [jnp.clip((hsv[..., c] * n + 1e-4).astype(jnp.int32), 0, n - 1) for c, n in enumerate(bins)]
   flat = (idx[0] * bins[1] + idx[1]) * bins[2] + idx[2]
   onehot = jax.nn.one_hot(flat, bins[0] * bins[1] * bins[2], dtype=jnp.float32)
@@ -57,20 +57,30 @@ def cell_centres(grid: tuple[int, int]) -> jax.Array:
   return STRIDE * jnp.stack([yy, xx], -1).astype(jnp.float32)
 
 
-def lateral_operator(images: jax.Array, radius: int, sigma_z: float = 10.0,
-                     sigma_r: float = 30.0) -> qp.BilateralOperator:
-  """Q = -D of Eq. (9) (symmetrised) for each image, as a windowed operator for `qp`.
+def lateral_operator(images: jax.Array, radius: int, reading: str = 'diffusion', eps: float = 0.01,
+                     sigma_z: float = 10.0, sigma_r: float = 30.0) -> qp.BilateralOperator:
+  """Q = -D of the attention QP for each image, as a windowed operator for `qp`.
 
-  Eq. (8) weights within a (2 radius + 1)^2 window, row-normalised and
-  symmetrised; Q = 1 1^T - sym(W_n). A radius covering the whole grid is the
-  literal dense Eq. (9).
+  reading='paper_eq9': Eq. (9) as printed, D = W_n - 1 1^T with W_n the
+    row-normalised Eq. (8) affinity, symmetrised: Q = 1 1^T - sym(W_n)
+    (copositive, indefinite; its MAP collapses onto few cells, see docs/DESIGN.md).
+  reading='diffusion': D = A - (1 + eps) I with A = D_w^{-1/2} W D_w^{-1/2} the
+    symmetrically normalised affinity (eigenvalues <= 1): Q = (1 + eps) I - A is
+    positive definite and the MAP is a bilateral diffusion of b.
+  A radius covering the whole grid is the literal dense form.
   """
   hist = cell_histograms(images)
   grid = hist.shape[1:3]
   pos = jnp.broadcast_to(cell_centres(grid), hist.shape[:1] + grid + (2,))
-  w = qp.bilateral_weights(pos, hist, grid, radius, sigma_z, sigma_r)
   n = images.shape[0]
-  return qp.BilateralOperator(w, -jnp.ones(n), jnp.zeros(n), jnp.ones(n), radius)
+  if reading == 'paper_eq9':
+    w = qp.bilateral_weights(pos, hist, grid, radius, sigma_z, sigma_r)
+    return qp.BilateralOperator(w, -jnp.ones(n), jnp.zeros(n), jnp.ones(n), radius)
+  if reading == 'diffusion':
+    w = qp.bilateral_weights(pos, hist, grid, radius, sigma_z, sigma_r, row_normalize=False)
+    a = qp.normalize_symmetric(w, radius)
+    return qp.BilateralOperator(a, -jnp.ones(n), jnp.full((n,), 1.0 + eps), jnp.zeros(n), radius)
+  raise ValueError(f"lateral reading must be 'paper_eq9' or 'diffusion', got {reading!r}")
 
 
 def feedforward_term(activations: jax.Array) -> jax.Array:

@@ -114,6 +114,14 @@ def symmetrize(weights: jax.Array, radius: int) -> jax.Array:
   return jnp.stack(cols, -1)
 
 
+def normalize_symmetric(weights: jax.Array, radius: int) -> jax.Array:
+  """Per-offset weights of D^{-1/2} W D^{-1/2} for a symmetric W, d_i = sum_o W[i, o]."""
+  d = jnp.sum(weights, -1)
+  inv = jnp.where(d > 0, 1.0 / jnp.sqrt(jnp.where(d > 0, d, 1.0)), 0.0)
+  cols = [weights[..., k] * inv * _shifted(inv, dy, dx, radius) for k, (dy, dx) in enumerate(_offsets(radius))]
+  return jnp.stack(cols, -1)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class BilateralOperator:
