@@ -107,3 +107,65 @@ def test_unknown_stop_layer(tiny):
   top = attention.class_signal(acts['fc8'], None, jnp.array([1]))
   with pytest.raises(ValueError, match='stop_at'):
     attention.excitation_backprop(params, acts, cfg, top, stop_at='pool9')
+
+
+def _tiny_inputs(size=33, seed=0):
+  cfg = backbone.BackboneConfig(num_classes=4, width=1 / 32, depth=(1, 1, 1, 1, 1), fc6_dilation=2)
+  params = backbone.init_params(jax.random.key(seed), cfg)
+  rng = np.random.default_rng(seed)
+  img = np.zeros((2, size, size, 3), np.uint8)
+  img[:, :, : size // 2] = [200, 50, 40]
+  img[:, :, size // 2:] = [40, 80, 210]
+  img = np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
+  x = jnp.asarray(img, jnp.float32) / 255.0
+  _, acts = backbone.apply(params, x, cfg=cfg, train=False, return_activations=True)
+  fcl_w = jnp.asarray(rng.uniform(0, 1, acts['fc8'].shape[1:]), jnp.float32)
+  mask = jnp.array([[1, 1, 0, 1], [1, 0, 1, 0]])
+  return cfg, params, acts, jnp.asarray(img), fcl_w, mask
+
+
+def test_attention_without_neighbours_is_plain_eb():
+  cfg, params, acts, img, fcl_w, mask = _tiny_inputs()
+  p_a = attention.attention_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False)
+  top = attention.class_signal(acts['fc8'], fcl_w, jnp.arange(4))
+  eb = np.asarray(attention.excitation_backprop(params, acts, cfg, top)['pool4']).sum(-1)  # (B, K, h, w)
+  up = np.asarray(jax.image.resize(jnp.asarray(np.moveaxis(eb, 1, -1)), (2, 33, 33, 4), 'bilinear'))
+  up = np.maximum(up, 0) * np.asarray(mask)[:, None, None, :]
+  np.testing.assert_allclose(p_a, up / up.sum(-1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('lateral', ['diffusion', 'paper_eq9'])
+def test_attention_maps_are_distributions_and_qps_meet_tolerance(lateral):
+  cfg, params, acts, img, fcl_w, mask = _tiny_inputs()
+  tol = 1e-4
+  p_a, sols = attention.attention_maps(params, acts, cfg, img, fcl_w, mask, lateral=lateral, radius=2,
+                                       qp_tol=tol, qp_iters=5000, return_layers=True)
+  p_a = np.asarray(p_a)
+  assert p_a.shape == (2, 33, 33, 4) and np.all(np.isfinite(p_a))
+  np.testing.assert_allclose(p_a.sum(-1), 1.0, rtol=1e-5)
+  assert np.all(p_a[~np.asarray(mask, bool)[:, None, None, :].repeat(33, 1).repeat(33, 2)] == 0)
+  # One QP below every conv / pooling layer from fc8 down to conv5_1, keyed by the map it produces.
+  assert set(sols) == {'drop7', 'drop6', 'pool5a', 'pool5', 'relu5_1', 'pool4'}
+  for name, (op, q, sol) in sols.items():
+    # Residual recomputed here from the dense matrix, not taken from the solver.
+    Q = np.asarray(op.dense(), np.float64)  # (B, 1, n, n)
+    x, qq = np.asarray(sol.x, np.float64), np.asarray(q, np.float64)
+    g = np.einsum('bcij,bkj->bki', Q, x) + qq
+    res = np.max(np.abs(x - np.maximum(0, x - g)), -1) / np.max(np.abs(qq), -1)
+    assert np.all(res <= 1.5 * tol), (name, res.max())
+  # The lateral term changes the map (otherwise the QP would be a no-op).
+  eb = np.asarray(attention.attention_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False))
+  assert np.max(np.abs(eb - p_a)) > 1e-3
+
+
+def test_attention_shapes_full_size():
+  cfg = backbone.BackboneConfig(num_classes=21, width=1 / 16)
+  params = jax.eval_shape(lambda k: backbone.init_params(k, cfg), jax.random.key(0))
+  img = jax.ShapeDtypeStruct((1, 321, 321, 3), jnp.uint8)
+
+  def run(params, img):
+    _, acts = backbone.apply(params, img.astype(jnp.float32), cfg=cfg, train=False, return_activations=True)
+    return attention.attention_maps(params, acts, cfg, img, None, jnp.ones((1, 21)), radius=3)
+
+  out = jax.eval_shape(run, params, img)
+  assert out.shape == (1, 321, 321, 21)

@@ -1,4 +1,4 @@
-"""Top-down attention (Sec. 4). So far: the parent-child term, excitation backprop (Eqs. 5-6).
+"""Top-down attention (Sec. 4): excitation backprop (Eqs. 5-6) and the per-layer MAP (Eqs. 2-4).
 
 The marginal winning probability of a neuron i at a layer is
     P(a_i) = sum_j p(a_i | a_j) P(a_j),  p(a_i | a_j) = w+_ij a_i / sum_{i' in C_j} w+_i'j a_i'  (Eq. 6)
@@ -11,8 +11,7 @@ backbone emits and is batched over images and classes:
 * ReLU and dropout (identity at inference): P passes through.
 Mass is conserved layer to layer wherever a parent with mass has a child with positive
 activation and weight; what a parent with L+ a = 0 holds is lost (reported by the tests).
-The rectified-Gaussian MAP with lateral dependencies (Eqs. 2-4, 7-9) is the open part of the
-attention issue.
+`attention_maps` adds the per-layer rectified-Gaussian MAP (Eqs. 2-3, 7-9) and Eq. (4).
 """
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from wsss_jax import backbone
+from wsss_jax import backbone, bilateral, qp
 
 EPS = 1e-12
 
@@ -89,3 +88,60 @@ def excitation_backprop(params: Mapping[str, Any], activations: Mapping[str, jax
     p = jax.vmap(step, in_axes=1, out_axes=1)(p)
     maps[names[k - 1]] = p
   return maps
+
+
+def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Array],
+                   cfg: backbone.BackboneConfig, images: jax.Array, fcl_weights: jax.Array | None,
+                   class_mask: jax.Array, *, neighbors: bool = True, lateral: str = 'diffusion',
+                   eps: float = 0.01, radius: int = 3, qp_tol: float = 1e-4, qp_iters: int = 300,
+                   stop_at: str = 'pool4', return_layers: bool = False):
+  """p^A of Eq. (4): top-down attention for every class, (B, H, W, K), summing to 1 over classes.
+
+  Walks Eqs. (5)-(6) from the FCL down to `stop_at`; with `neighbors`, at every conv and pooling
+  layer the spatial map (channels summed) is replaced by the MAP of Eq. (3), b = gamma + alpha
+  (Eqs. 5, 7), D from `bilateral.lateral_operator` (one operator per image, shared by all classes
+  and layers), and redistributed over channels in proportion to gamma. `class_mask` (B, K) selects
+  the classes that get attention (tags + background in training, predicted classes at inference);
+  the others get 0 and every pixel is normalised over the selected ones. With neighbors=False this
+  is plain excitation backprop (baseline B4). Returns p^A, and with `return_layers` also the
+  per-layer QP solutions (for KKT checks).
+  """
+  layers = backbone.layer_specs(cfg)
+  names = [l.name for l in layers]
+  if stop_at not in names:
+    raise ValueError(f'stop_at={stop_at!r} is not a layer of the backbone ({names})')
+  scores = activations[names[-1]]
+  b, gh, gw, k = scores.shape
+  classes = jnp.arange(k)
+  p = class_signal(scores, fcl_weights, classes)  # (B, K, h, w, K)
+  op = None
+  if neighbors:
+    base = bilateral.lateral_operator(images, radius, lateral, eps)
+    # One operator per image, broadcast over the class axis of q.
+    op = qp.BilateralOperator(base.weights[:, None], base.scale[:, None], base.diag[:, None],
+                              base.rank_one[:, None], radius)
+  solutions = {}
+  for idx in range(len(layers) - 1, names.index(stop_at), -1):
+    layer, a_in = layers[idx], activations[names[idx - 1]]
+    p = jax.vmap(lambda p_c, layer=layer, a_in=a_in: layer_backward(layer, params, a_in, p_c),
+                 in_axes=1, out_axes=1)(p)
+    if neighbors and layer.kind in ('conv', 'maxpool', 'avgpool'):
+      if a_in.shape[1:3] != (gh, gw):
+        raise ValueError(f'the lateral QP needs layers on the score grid; {names[idx - 1]} is '
+                         f'{a_in.shape[1:3]}, not {(gh, gw)}: stop at pool4 or above')
+      gamma = jnp.sum(p, -1)  # (B, K, h, w)
+      alpha = jnp.sum(bilateral.feedforward_term(a_in), -1)[:, None]  # (B, 1, h, w)
+      bvec = (gamma + alpha).reshape(b, k, gh * gw)
+      sol = qp.solve_nonneg_qp(op, -bvec, tol=qp_tol, max_iters=qp_iters)
+      x = sol.x.reshape(b, k, gh, gw)
+      x = x / jnp.maximum(jnp.sum(x, (2, 3), keepdims=True), 1e-12)
+      share = jnp.where(gamma[..., None] > 0, p / jnp.maximum(gamma[..., None], 1e-30), 1.0 / p.shape[-1])
+      p = x[..., None] * share
+      solutions[names[idx - 1]] = (op, -bvec, sol)
+  spatial = jnp.sum(p, -1)  # (B, K, h, w)
+  up = jax.image.resize(jnp.moveaxis(spatial, 1, -1), (b,) + images.shape[1:3] + (k,), 'bilinear')
+  up = jnp.maximum(up, 0.0) * class_mask[:, None, None, :].astype(up.dtype)
+  total = jnp.sum(up, -1, keepdims=True)
+  uniform = class_mask[:, None, None, :] / jnp.maximum(jnp.sum(class_mask, -1), 1)[:, None, None, None]
+  p_a = jnp.where(total > 1e-12, up / jnp.maximum(total, 1e-12), uniform)
+  return (p_a, solutions) if return_layers else p_a
