@@ -1,0 +1,79 @@
+"""Attention-only segmentation on the synthetic benchmark, and the cost of attention.
+
+`python bench/attention.py --workdir runs/default [--num 200]` loads a trained classification-only
+(B1) checkpoint, computes p^A with the true tags + background for the val split, and prints the
+mIoU of argmax p^A (no CRF) for EB only (neighbors=False, baseline B4) and for the full lateral
+term under both readings of Eq. (9); then the time of attention for one training batch against
+the backbone's forward+backward on the same batch (median of repeats, after compilation).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wsss_jax import attention, backbone, data, metrics, model, train_lib
+
+
+def timed(fn, repeats=5):
+  jax.block_until_ready(fn())
+  ts = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    ts.append(time.perf_counter() - t)
+  return statistics.median(ts)
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--workdir', default='runs/default')
+  ap.add_argument('--num', type=int, default=200)
+  ap.add_argument('--radius', type=int, default=3)
+  ap.add_argument('--eps', type=float, default=0.01)
+  args = ap.parse_args()
+  config = train_lib.load_config(args.workdir)
+  mngr = train_lib.checkpoint_manager(args.workdir, config)
+  state = train_lib.restore_state(mngr, train_lib.create_state(config, jax.random.key_data(jax.random.key(0))))
+  params = state.params
+  bcfg = model.backbone_config(config)
+  k = config.data.num_classes + 1
+
+  def p_attention(images, tags, **kw):
+    x = model.preprocess(images)
+    _, acts = backbone.apply(params['backbone'], x, cfg=bcfg, train=False, return_activations=True)
+    mask = jnp.concatenate([jnp.ones_like(tags[:, :1]), tags], -1)
+    return attention.attention_maps(params['backbone'], acts, bcfg, images, params.get('fcl', {}).get('w'),
+                                    mask, radius=args.radius, eps=args.eps, **kw)
+
+  variants = {'EB only (B4)': dict(neighbors=False),
+              'diffusion': dict(lateral='diffusion'),
+              'paper_eq9': dict(lateral='paper_eq9', qp_iters=2000)}
+  ds = data.make_dataset(config.data, 'val')
+  print(f'{args.num} val images, radius {args.radius}, eps {args.eps}, device {jax.devices()[0].device_kind}')
+  for name, kw in variants.items():
+    fn = jax.jit(lambda im, tg, kw=kw: jnp.argmax(p_attention(im, tg, **kw), -1))
+    conf = np.zeros((k, k), np.int64)
+    for batch in data.eval_batches(ds, 25, limit=args.num):
+      pred = fn(jnp.asarray(batch['image']), jnp.asarray(batch['tags']))
+      conf += np.asarray(metrics.confusion_matrix(jnp.asarray(batch['mask']), pred, k), np.int64)
+    print(f'  attention-only mIoU, {name:14s}: {100 * metrics.mean_iou(conf):.1f}')
+
+  batch = next(data.train_batches(data.make_dataset(config.data, 'train'), global_batch=config.train.batch_size,
+                                  seed=0))
+  images, tags = jnp.asarray(batch['image']), jnp.asarray(batch['tags'])
+  fb = jax.jit(jax.grad(lambda p: train_lib.compute_loss(p, batch, jax.random.key(0), config)[0]))
+  t_fb = timed(lambda: fb(params))
+  for name, kw in variants.items():
+    att = jax.jit(lambda im, tg, kw=kw: p_attention(im, tg, **kw))
+    t_att = timed(lambda: att(images, tags))
+    print(f'  attention ({name}) {t_att * 1e3:.0f} ms vs backbone fwd+bwd {t_fb * 1e3:.0f} ms '
+          f'on a batch of {images.shape[0]}: ratio {t_att / t_fb:.2f}')
+
+
+if __name__ == '__main__':
+  main()
