@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsss_jax import attention, backbone, data, metrics, model, train_lib
+from wsss_jax import attention, backbone, data, metrics, model, train_lib, visualize
 
 
 def timed(fn, repeats=5):
@@ -62,6 +62,16 @@ def main():
       pred = fn(jnp.asarray(batch['image']), jnp.asarray(batch['tags']))
       conf += np.asarray(metrics.confusion_matrix(jnp.asarray(batch['mask']), pred, k), np.int64)
     print(f'  attention-only mIoU, {name:14s}: {100 * metrics.mean_iou(conf):.1f}')
+
+  # Picture: the first val image with its present classes, EB only vs full.
+  ex = ds[0]
+  im, tg = jnp.asarray(ex['image'][None]), jnp.asarray(ex['tags'][None])
+  present = [0] + [c + 1 for c in np.nonzero(ex['tags'])[0]]
+  eb = np.asarray(jax.jit(lambda a, b: p_attention(a, b, neighbors=False))(im, tg))[0][..., present]
+  full = np.asarray(jax.jit(lambda a, b: p_attention(a, b))(im, tg))[0][..., present]
+  out = f'{args.workdir}/attention_val0.png'
+  visualize.save_attention_grid(out, ex['image'], eb, full, [ds.class_names[c] for c in present])
+  print(f'  wrote {out} (rows: {", ".join(ds.class_names[c] for c in present)}; columns: image | EB | full)')
 
   batch = next(data.train_batches(data.make_dataset(config.data, 'train'), global_batch=config.train.batch_size,
                                   seed=0))

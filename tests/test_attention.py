@@ -169,3 +169,18 @@ def test_attention_shapes_full_size():
 
   out = jax.eval_shape(run, params, img)
   assert out.shape == (1, 321, 321, 21)
+
+
+def test_attention_picture(tmp_path):
+  from PIL import Image
+  from wsss_jax import visualize
+  cfg, params, acts, img, fcl_w, mask = _tiny_inputs()
+  eb = np.asarray(attention.attention_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False))[0]
+  full = np.asarray(attention.attention_maps(params, acts, cfg, img, fcl_w, mask, radius=2))[0]
+  path = str(tmp_path / 'att.png')
+  visualize.save_attention_grid(path, np.asarray(img[0]), eb[..., [0, 1, 3]], full[..., [0, 1, 3]], ['bg', 'a', 'c'],
+                                scale=1)
+  pic = np.asarray(Image.open(path))
+  assert pic.shape == (3 * 33, 3 * 33, 3)
+  np.testing.assert_array_equal(pic[:33, :33], np.asarray(img[0]))  # first tile is the input image
+  assert pic[:, 33:].max() > 0  # heat maps are drawn

@@ -34,3 +34,27 @@ def save_grid(path: str, rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray
   tmp = path + '.tmp.png'
   im.save(tmp)
   os.replace(tmp, path)
+
+
+def _heat(m: np.ndarray) -> np.ndarray:
+  """[0, 1] map -> uint8 RGB (black -> red -> yellow -> white)."""
+  m = np.clip(np.asarray(m, np.float32), 0.0, 1.0)
+  rgb = np.stack([np.clip(3 * m, 0, 1), np.clip(3 * m - 1, 0, 1), np.clip(3 * m - 2, 0, 1)], -1)
+  return (255 * rgb).astype(np.uint8)
+
+
+def save_attention_grid(path: str, image: np.ndarray, eb_maps: np.ndarray, full_maps: np.ndarray,
+                        class_names: Sequence[str], scale: int = 3) -> None:
+  """One row per class: image | EB-only attention | full attention (each map scaled to its max)."""
+  rows = []
+  for c, _ in enumerate(class_names):
+    tiles = [np.asarray(image, np.uint8)]
+    for m in (eb_maps[..., c], full_maps[..., c]):
+      peak = float(np.max(m))
+      tiles.append(_heat(m / peak if peak > 0 else m))
+    rows.append(np.concatenate(tiles, 1))
+  grid = np.concatenate(rows, 0)
+  im = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+  tmp = path + '.tmp.png'
+  im.save(tmp)
+  os.replace(tmp, path)
