@@ -28,9 +28,10 @@ Methods (`method=`):
   point, which may be a poor one.
 * 'pgs': projected Gauss-Seidel, exact coordinate minimisation in sweeps,
   sequential over coordinates and batched over elements; needs Q_ii > 0 and
-  an operator with `diagonal()` and `row_dot(i, x)`. It is monotone and, on
-  copositive nonconvex problems like Eq. (9), reaches much lower KKT points
-  than FISTA in a few sweeps (bench/qp.py): use it there.
+  an operator with `diagonal()` and `row_dot(i, x)`. It is monotone and
+  stops in a few sweeps on copositive nonconvex problems like Eq. (9); which
+  method reaches the lower KKT point there depends on the instance
+  (bench/qp.py, docs/DESIGN.md).
 Each batch element stops (is frozen) once its relative KKT residual is below
 `tol`; the loop ends when all have, so batched, vmapped and single calls
 give the same iterates.
@@ -176,11 +177,20 @@ class BilateralOperator:
     return (jnp.asarray(self.scale) * sx + jnp.asarray(self.diag) * xi
             + jnp.asarray(self.rank_one) * jnp.sum(x, -1))
 
-  def norm_bound(self) -> jax.Array:
-    """Gershgorin: |scale| max_i sum_o |S[i, o]| + |diag| + n |rank_one| >= ||Q||_2."""
+  def _batch_shape(self) -> tuple[int, ...]:
+    return jnp.broadcast_shapes(self.weights.shape[:-3], jnp.shape(self.scale), jnp.shape(self.diag),
+                                jnp.shape(self.rank_one))
+
+  def _gershgorin(self, rank_one: jax.Array) -> jax.Array:
+    """|scale| max_i sum_o |S[i, o]| + |diag| + n |rank_one|: bounds the norm of the operator
+    with `rank_one` in place of its own rank-one coefficient."""
     h, w = self.weights.shape[-3:-1]
     row = jnp.max(jnp.sum(jnp.abs(self.weights), -1), (-2, -1))
-    return jnp.abs(self.scale) * row + jnp.abs(self.diag) + h * w * jnp.abs(self.rank_one)
+    return jnp.abs(self.scale) * row + jnp.abs(self.diag) + h * w * jnp.abs(rank_one)
+
+  def norm_bound(self) -> jax.Array:
+    """Gershgorin bound >= ||Q||_2."""
+    return self._gershgorin(jnp.asarray(self.rank_one))
 
   def rank_one_split(self) -> tuple[jax.Array, jax.Array]:
     """(c, alpha): Q = c 1 1^T + R with c >= 0 and alpha >= ||R||_2, for the solver's metric.
@@ -191,20 +201,16 @@ class BilateralOperator:
     """
     c = jnp.maximum(jnp.asarray(self.rank_one), 0.0)
     h, w = self.weights.shape[-3:-1]
-    row = jnp.max(jnp.sum(jnp.abs(self.weights), -1), (-2, -1))
-    gersh = jnp.abs(self.scale) * row + jnp.abs(self.diag) + h * w * jnp.abs(jnp.asarray(self.rank_one) - c)
-    batch = jnp.broadcast_shapes(self.weights.shape[:-3], jnp.shape(self.scale), jnp.shape(self.diag),
-                                 jnp.shape(self.rank_one))
+    batch = self._batch_shape()
     cb = jnp.broadcast_to(c, batch)[..., None]
     rest_mv = lambda x: self.matvec(x) - cb * jnp.sum(x, -1, keepdims=True)
     power = power_iteration(rest_mv, batch + (h * w,), dtype=self.weights.dtype)
-    return c, jnp.minimum(gersh, 1.1 * power)
+    return c, jnp.minimum(self._gershgorin(jnp.asarray(self.rank_one) - c), 1.1 * power)
 
   def dense(self) -> jax.Array:
     """The (..., n, n) matrix (tests and small problems only)."""
     n = self.weights.shape[-3] * self.weights.shape[-2]
-    batch = jnp.broadcast_shapes(self.weights.shape[:-3], jnp.shape(self.scale), jnp.shape(self.diag),
-                                 jnp.shape(self.rank_one))
+    batch = self._batch_shape()
     return jax.vmap(lambda e: self.matvec(jnp.broadcast_to(e, batch + (n,))), out_axes=-1)(jnp.eye(n))
 
 
@@ -280,6 +286,32 @@ def _metric_projection(z: jax.Array, kappa: jax.Array, iters: int = 50, early_ex
   return jax.lax.cond(jnp.all(kappa == 0), lambda z: jnp.maximum(0.0, z), newton, z)
 
 
+def _iterate(step, state, res0: jax.Array, tol: float, max_iters: int, early_exit: bool) -> QPSolution:
+  """Run `step(state) -> (state, residual)` until every batch element's residual <= tol.
+
+  Converged elements are frozen (every leaf of their state keeps its value), so a batched call,
+  a vmapped call and a single call give the same iterates. `state[0]` is x. With early_exit a
+  while_loop stops once all have converged; otherwise exactly `max_iters` steps run in a
+  fori_loop (reverse-mode differentiable).
+  """
+  def body(carry):
+    k, state, done, iters, res = carry
+    new, r_new = step(state)
+    freeze = lambda old, nw: jnp.where(done.reshape(done.shape + (1,) * (nw.ndim - done.ndim)), old, nw)
+    return (k + 1, jax.tree.map(freeze, state, new), done | (r_new <= tol), jnp.where(done, iters, k + 1),
+            jnp.where(done, res, r_new))
+
+  init = (jnp.int32(0), state, res0 <= tol, jnp.zeros(res0.shape, jnp.int32), res0)
+  if early_exit:
+    out = jax.lax.while_loop(lambda c: (c[0] < max_iters) & ~jnp.all(c[2]), body, init)
+  else:
+    out = jax.lax.fori_loop(0, max_iters, lambda _, c: body(c), init)
+  _, state, done, iters, res = out
+  x = state[0]
+  bad = ~jnp.all(jnp.isfinite(x), -1) | ~jnp.isfinite(res)
+  return QPSolution(x=x, residual=jnp.where(bad, jnp.nan, res), iterations=iters, converged=done & ~bad)
+
+
 def _fista(op, q, x0, alpha, c, max_iters: int, tol: float, early_exit: bool = True):
   """Restarted FISTA in the metric M = alpha I + c 1 1^T (M >= Q); returns QPSolution.
 
@@ -295,10 +327,9 @@ def _fista(op, q, x0, alpha, c, max_iters: int, tol: float, early_exit: bool = T
   inv_a = (1.0 / alpha)[..., None]
   precond = lambda g: inv_a * (g - sm * jnp.sum(g, -1, keepdims=True))  # M^{-1} g (Sherman-Morrison)
   project = lambda z: _metric_projection(z, kappa, early_exit=early_exit)  # plain max(0, z) when c = 0
-  qx0 = op.matvec(x0)
 
-  def body(carry):
-    k, x, qx, y, qy, t, done, iters, res = carry
+  def step(state):
+    x, qx, y, qy, t = state
     g = qy + q
     x_new = project(y - precond(g))
     qx_new = op.matvec(x_new)
@@ -309,42 +340,18 @@ def _fista(op, q, x0, alpha, c, max_iters: int, tol: float, early_exit: bool = T
     y_new = x_new + beta * (x_new - x)
     qy_new = qx_new + beta * (qx_new - qx)
     t_new = jnp.where(restart, 1.0, t_new)
-    r_new = _kkt_residual(x_new, qx_new + q, qnorm)
-    keep = done[..., None]
-    x_out = jnp.where(keep, x, x_new)
-    qx_out = jnp.where(keep, qx, qx_new)
-    y_out = jnp.where(keep, y, y_new)
-    qy_out = jnp.where(keep, qy, qy_new)
-    t_out = jnp.where(done, t, t_new)
-    res_out = jnp.where(done, res, r_new)
-    iters_out = jnp.where(done, iters, k + 1)
-    done_out = done | (r_new <= tol)
-    return k + 1, x_out, qx_out, y_out, qy_out, t_out, done_out, iters_out, res_out
+    return (x_new, qx_new, y_new, qy_new, t_new), _kkt_residual(x_new, qx_new + q, qnorm)
 
-  res0 = _kkt_residual(x0, qx0 + q, qnorm)
-  batch = q.shape[:-1]
-  init = (jnp.int32(0), x0, qx0, x0, qx0, jnp.ones(batch, q.dtype), res0 <= tol,
-          jnp.zeros(batch, jnp.int32), res0)
-
-  def cond(carry):
-    return (carry[0] < max_iters) & ~jnp.all(carry[6])
-
-  if early_exit:
-    out = jax.lax.while_loop(cond, body, init)
-  else:  # fixed budget (converged elements stay frozen): reverse-mode differentiable
-    out = jax.lax.fori_loop(0, max_iters, lambda _, c: body(c), init)
-  _, x, _, _, _, _, done, iters, res = out
-  bad = ~jnp.all(jnp.isfinite(x), -1) | ~jnp.isfinite(res)
-  return QPSolution(x=x, residual=jnp.where(bad, jnp.nan, res), iterations=iters, converged=done & ~bad)
+  qx0 = op.matvec(x0)
+  state = (x0, qx0, x0, qx0, jnp.ones(q.shape[:-1], q.dtype))
+  return _iterate(step, state, _kkt_residual(x0, qx0 + q, qnorm), tol, max_iters, early_exit)
 
 
 def _pgs(op, q, x0, max_iters: int, tol: float, early_exit: bool = True):
   """Projected Gauss-Seidel: sweeps of exact coordinate minimisation x_i <- max(0, x_i - g_i / Q_ii).
 
-  Monotone for any Q with a positive diagonal; on copositive nonconvex
-  problems like Eq. (9) it reaches far better KKT points than FISTA, in a
-  few sweeps (bench/qp.py). Sequential over coordinates, batched over
-  elements; `max_iters` counts sweeps.
+  Monotone for any Q with a positive diagonal. Sequential over coordinates,
+  batched over elements; `max_iters` counts sweeps.
   """
   n = q.shape[-1]
   qnorm = jnp.max(jnp.abs(q), -1)
@@ -357,24 +364,11 @@ def _pgs(op, q, x0, max_iters: int, tol: float, early_exit: bool = True):
     xi = jnp.take(x, i, axis=-1)
     return x.at[..., i].set(jnp.maximum(0.0, xi - gi / jnp.take(d, i, axis=-1)))
 
-  def body(carry):
-    k, x, done, iters, res = carry
-    x_new = jax.lax.fori_loop(0, n, coord, x)
-    r_new = _kkt_residual(x_new, op.matvec(x_new) + q, qnorm)
-    keep = done[..., None]
-    return (k + 1, jnp.where(keep, x, x_new), done | (r_new <= tol), jnp.where(done, iters, k + 1),
-            jnp.where(done, res, r_new))
+  def step(state):
+    x_new = jax.lax.fori_loop(0, n, coord, state[0])
+    return (x_new,), _kkt_residual(x_new, op.matvec(x_new) + q, qnorm)
 
-  res0 = _kkt_residual(x0, op.matvec(x0) + q, qnorm)
-  batch = q.shape[:-1]
-  init = (jnp.int32(0), x0, res0 <= tol, jnp.zeros(batch, jnp.int32), res0)
-  if early_exit:
-    out = jax.lax.while_loop(lambda c: (c[0] < max_iters) & ~jnp.all(c[2]), body, init)
-  else:
-    out = jax.lax.fori_loop(0, max_iters, lambda _, c: body(c), init)
-  _, x, done, iters, res = out
-  bad = ~jnp.all(jnp.isfinite(x), -1) | ~jnp.isfinite(res)
-  return QPSolution(x=x, residual=jnp.where(bad, jnp.nan, res), iterations=iters, converged=done & ~bad)
+  return _iterate(step, (x0,), _kkt_residual(x0, op.matvec(x0) + q, qnorm), tol, max_iters, early_exit)
 
 
 def _batched_cg(matvec, b, iters: int, tol: float):
@@ -431,9 +425,9 @@ def solve_nonneg_qp(Q: Any, q: jax.Array, *, x0: jax.Array | None = None, max_it
     q: (..., n) linear term.
     x0: optional nonnegative start, broadcastable to q (default: zeros).
     max_iters: iteration budget (static; sweeps for 'pgs').
-    method: 'fista' (default; parallel, best on convex problems) or 'pgs' (projected
-      Gauss-Seidel; needs Q_ii > 0 and an operator with `diagonal`/`row_dot`; best on
-      copositive nonconvex problems such as Eq. 9, where it finds lower KKT points).
+    method: 'fista' (default; parallel, fastest on the convex benchmarks) or 'pgs' (projected
+      Gauss-Seidel; needs Q_ii > 0 and an operator with `diagonal`/`row_dot`). On nonconvex
+      problems both return KKT points, and which is lower depends on the instance.
     tol: an element is converged (and frozen) once its relative KKT residual
       ||x - max(0, x - (Qx + q))||_inf / ||q||_inf <= tol.
     lipschitz: optional bound on ||Q||_2 (scalar or per element); default from the operator.
@@ -463,23 +457,23 @@ def solve_nonneg_qp(Q: Any, q: jax.Array, *, x0: jax.Array | None = None, max_it
     if not (hasattr(op, 'diagonal') and hasattr(op, 'row_dot')):
       raise ValueError('method="pgs" needs an operator with diagonal() and row_dot(i, x)')
     solve = lambda op, q, aux, early_exit=True: _pgs(op, q, aux, max_iters, tol, early_exit)
-    if not implicit_diff:
-      return solve(op, q, x0, early_exit=False)
-    return _implicit(solve, op, q, x0, cg_iters)
-  batch = q.shape[:-1]
-  if lipschitz is not None:
-    alpha, c = jnp.asarray(lipschitz, q.dtype), 0.0
-  elif hasattr(op, 'rank_one_split'):
-    c, alpha = op.rank_one_split()
-    c = jnp.broadcast_to(jnp.asarray(c, q.dtype), batch)
+    aux = x0
   else:
-    alpha, c = op.norm_bound(), 0.0
-  alpha = jnp.broadcast_to(jnp.maximum(alpha, TINY), batch).astype(q.dtype)
-  alpha, c = jax.lax.stop_gradient(alpha), jax.lax.stop_gradient(c)
-  solve = lambda op, q, aux, early_exit=True: _fista(op, q, *aux, max_iters, tol, early_exit)
+    batch = q.shape[:-1]
+    if lipschitz is not None:
+      alpha, c = jnp.asarray(lipschitz, q.dtype), 0.0
+    elif hasattr(op, 'rank_one_split'):
+      c, alpha = op.rank_one_split()
+      c = jnp.broadcast_to(jnp.asarray(c, q.dtype), batch)
+    else:
+      alpha, c = op.norm_bound(), 0.0
+    alpha = jnp.broadcast_to(jnp.maximum(alpha, TINY), batch).astype(q.dtype)
+    alpha, c = jax.lax.stop_gradient(alpha), jax.lax.stop_gradient(c)
+    solve = lambda op, q, aux, early_exit=True: _fista(op, q, *aux, max_iters, tol, early_exit)
+    aux = (x0, alpha, c)
   if not implicit_diff:
-    return solve(op, q, (x0, alpha, c), early_exit=False)
-  return _implicit(solve, op, q, (x0, alpha, c), cg_iters)
+    return solve(op, q, aux, early_exit=False)
+  return _implicit(solve, op, q, aux, cg_iters)
 
 
 def _implicit(solve, op, q, aux, cg_iters):
