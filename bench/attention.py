@@ -46,9 +46,8 @@ def main():
   def p_attention(images, tags, **kw):
     x = model.preprocess(images)
     _, acts = backbone.apply(params['backbone'], x, cfg=bcfg, train=False, return_activations=True)
-    mask = jnp.concatenate([jnp.ones_like(tags[:, :1]), tags], -1)
     return attention.attention_maps(params['backbone'], acts, bcfg, images, params.get('fcl', {}).get('w'),
-                                    mask, radius=args.radius, eps=args.eps, **kw)
+                                    model.tags_with_background(tags), radius=args.radius, eps=args.eps, **kw)
 
   variants = {'EB only (B4)': dict(neighbors=False),
               'diffusion': dict(lateral='diffusion'),

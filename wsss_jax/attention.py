@@ -68,24 +68,27 @@ def class_signal(scores: jax.Array, fcl_weights: jax.Array | None, classes: jax.
 
 def excitation_backprop(params: Mapping[str, Any], activations: Mapping[str, jax.Array],
                         cfg: backbone.BackboneConfig, top: jax.Array, stop_at: str = 'pool4',
-                        eps: float = EPS) -> dict[str, jax.Array]:
+                        eps: float = EPS, after_layer=None) -> dict[str, jax.Array]:
   """Walk winning probabilities from the fc8 output down to the output of `stop_at`.
 
   `activations` are `backbone.apply(..., return_activations=True)`'s (inference mode);
   `top` (B, C, h, w, K) is the signal on fc8's output (`class_signal`). Returns the map at the
   output of every walked layer, keyed by layer name, each (B, C, ...) like its activation.
+  `after_layer(layer, input_name, a_in, p)`, if given, may replace the map p of a layer's input
+  before the walk continues (the attention QP does).
   """
   layers = backbone.layer_specs(cfg)
   names = [l.name for l in layers]
   if stop_at not in names:
     raise ValueError(f'stop_at={stop_at!r} is not a layer of the backbone ({names})')
-  stop = names.index(stop_at)
   maps = {names[-1]: top}
   p = top
-  for k in range(len(layers) - 1, stop, -1):
-    a_in = activations[names[k - 1]]
-    step = lambda p_c, layer=layers[k], a_in=a_in: layer_backward(layer, params, a_in, p_c, eps)
+  for k in range(len(layers) - 1, names.index(stop_at), -1):
+    layer, a_in = layers[k], activations[names[k - 1]]
+    step = lambda p_c, layer=layer, a_in=a_in: layer_backward(layer, params, a_in, p_c, eps)
     p = jax.vmap(step, in_axes=1, out_axes=1)(p)
+    if after_layer is not None:
+      p = after_layer(layer, names[k - 1], a_in, p)
     maps[names[k - 1]] = p
   return maps
 
@@ -106,38 +109,35 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
   is plain excitation backprop (baseline B4). Returns p^A, and with `return_layers` also the
   per-layer QP solutions (for KKT checks).
   """
-  layers = backbone.layer_specs(cfg)
-  names = [l.name for l in layers]
-  if stop_at not in names:
-    raise ValueError(f'stop_at={stop_at!r} is not a layer of the backbone ({names})')
-  scores = activations[names[-1]]
+  scores = activations['fc8']
   b, gh, gw, k = scores.shape
-  classes = jnp.arange(k)
-  p = class_signal(scores, fcl_weights, classes)  # (B, K, h, w, K)
-  op = None
+  top = class_signal(scores, fcl_weights, jnp.arange(k))  # (B, K, h, w, K)
+  solutions = {}
+
+  def lateral_map(layer, name, a_in, p):
+    """Eq. (3) on the spatial map below a conv / pooling layer, redistributed over channels."""
+    if layer.kind not in ('conv', 'maxpool', 'avgpool'):
+      return p
+    if a_in.shape[1:3] != (gh, gw):
+      raise ValueError(f'the lateral QP needs layers on the score grid; {name} is '
+                       f'{a_in.shape[1:3]}, not {(gh, gw)}: stop at pool4 or above')
+    gamma = jnp.sum(p, -1)  # (B, K, h, w)
+    alpha = jnp.sum(bilateral.feedforward_term(a_in), -1)[:, None]  # (B, 1, h, w)
+    bvec = (gamma + alpha).reshape(b, k, gh * gw)
+    sol = qp.solve_nonneg_qp(op, -bvec, tol=qp_tol, max_iters=qp_iters)
+    x = sol.x.reshape(b, k, gh, gw)
+    x = x / jnp.maximum(jnp.sum(x, (2, 3), keepdims=True), 1e-12)
+    share = jnp.where(gamma[..., None] > 0, p / jnp.maximum(gamma[..., None], 1e-30), 1.0 / p.shape[-1])
+    solutions[name] = (op, -bvec, sol)
+    return x[..., None] * share
+
   if neighbors:
     base = bilateral.lateral_operator(images, radius, lateral, eps)
     # One operator per image, broadcast over the class axis of q.
     op = qp.BilateralOperator(base.weights[:, None], base.scale[:, None], base.diag[:, None],
                               base.rank_one[:, None], radius)
-  solutions = {}
-  for idx in range(len(layers) - 1, names.index(stop_at), -1):
-    layer, a_in = layers[idx], activations[names[idx - 1]]
-    p = jax.vmap(lambda p_c, layer=layer, a_in=a_in: layer_backward(layer, params, a_in, p_c),
-                 in_axes=1, out_axes=1)(p)
-    if neighbors and layer.kind in ('conv', 'maxpool', 'avgpool'):
-      if a_in.shape[1:3] != (gh, gw):
-        raise ValueError(f'the lateral QP needs layers on the score grid; {names[idx - 1]} is '
-                         f'{a_in.shape[1:3]}, not {(gh, gw)}: stop at pool4 or above')
-      gamma = jnp.sum(p, -1)  # (B, K, h, w)
-      alpha = jnp.sum(bilateral.feedforward_term(a_in), -1)[:, None]  # (B, 1, h, w)
-      bvec = (gamma + alpha).reshape(b, k, gh * gw)
-      sol = qp.solve_nonneg_qp(op, -bvec, tol=qp_tol, max_iters=qp_iters)
-      x = sol.x.reshape(b, k, gh, gw)
-      x = x / jnp.maximum(jnp.sum(x, (2, 3), keepdims=True), 1e-12)
-      share = jnp.where(gamma[..., None] > 0, p / jnp.maximum(gamma[..., None], 1e-30), 1.0 / p.shape[-1])
-      p = x[..., None] * share
-      solutions[names[idx - 1]] = (op, -bvec, sol)
+  p = excitation_backprop(params, activations, cfg, top, stop_at,
+                          after_layer=lateral_map if neighbors else None)[stop_at]
   spatial = jnp.sum(p, -1)  # (B, K, h, w)
   up = jax.image.resize(jnp.moveaxis(spatial, 1, -1), (b,) + images.shape[1:3] + (k,), 'bilinear')
   up = jnp.maximum(up, 0.0) * class_mask[:, None, None, :].astype(up.dtype)

@@ -54,6 +54,11 @@ def forward(params: Mapping[str, Any], images: jax.Array, config: Mapping[str, A
   return {'scores': scores, 'image_logits': logits}
 
 
+def tags_with_background(tags: jax.Array) -> jax.Array:
+  """(N, C) foreground tags -> (N, K = C + 1) with background (class 0) present in every image."""
+  return jnp.concatenate([jnp.ones_like(tags[:, :1]), tags], -1)
+
+
 def upsample(scores: jax.Array, size: tuple[int, int]) -> jax.Array:
   """Bilinear upsampling of score maps to the image size."""
   n, _, _, k = scores.shape

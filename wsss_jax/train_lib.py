@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,7 @@ from flax import jax_utils
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from wsss_jax import backbone, data, losses, metrics, model, visualize
+from wsss_jax import aggregation, backbone, data, losses, metrics, model, visualize
 
 AXIS = 'batch'
 MODES = ('weak', 'fully_supervised')
@@ -80,8 +80,8 @@ def validate_config(config: Mapping[str, Any]) -> None:
     raise ConfigError(f'config.train.mode must be one of {MODES}, got {t["mode"]!r}')
   if t['optimizer'] not in ('sgd', 'adam'):
     raise ConfigError(f'config.train.optimizer must be sgd|adam, got {t["optimizer"]!r}')
-  if m['aggregation'] not in ('fcl', 'gap', 'gmp', 'lse'):
-    raise ConfigError(f'config.model.aggregation must be fcl|gap|gmp|lse, got {m["aggregation"]!r}')
+  if m['aggregation'] not in aggregation.HEADS:
+    raise ConfigError(f'config.model.aggregation must be one of {aggregation.HEADS}, got {m["aggregation"]!r}')
   if m['aggregate_input'] not in ('scores', 'log_softmax'):
     raise ConfigError(f'config.model.aggregate_input must be scores|log_softmax, '
                       f'got {m["aggregate_input"]!r}')
@@ -157,8 +157,7 @@ def compute_loss(params, batch, rng, config):
     loss = jnp.mean(losses.pixel_cross_entropy(logits, batch['mask']))
     return loss, {'loss': loss, 'seg_loss': loss}
   # Weakly supervised (baseline B1): Delta^C with background present in every image.
-  tags = jnp.concatenate([jnp.ones_like(batch['tags'][:, :1]), batch['tags']], -1)
-  loss = jnp.mean(losses.classification_loss(out['image_logits'], tags))
+  loss = jnp.mean(losses.classification_loss(out['image_logits'], model.tags_with_background(batch['tags'])))
   return loss, {'loss': loss, 'cls_loss': loss}
 
 
@@ -337,8 +336,6 @@ def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = 
   config = load_config(workdir)
   validate_config(config)
   mngr = checkpoint_manager(workdir, config)
-  if mngr.latest_step() is None:
-    raise ConfigError(f'no checkpoint in {os.path.join(workdir, "checkpoints")}')
   state = restore_state(mngr, create_state(config, jax.random.key_data(jax.random.key(0))), step)
   split = split or config.eval.split
   result = evaluate(state.params, config, split, workdir=workdir, step=int(state.step))

@@ -29,7 +29,11 @@ def save_grid(path: str, rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray
   pal = voc_palette()
   tiles = [np.concatenate([img, pal[np.asarray(gt, np.int64) % 256], pal[np.asarray(pr, np.int64) % 256]], 1)
            for img, gt, pr in rows]
-  grid = np.concatenate(tiles, 0)
+  _save_png(path, np.concatenate(tiles, 0), scale)
+
+
+def _save_png(path: str, grid: np.ndarray, scale: int) -> None:
+  """Nearest-neighbour upscale by `scale`, written to a temporary file and renamed (atomic)."""
   im = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
   tmp = path + '.tmp.png'
   im.save(tmp)
@@ -53,8 +57,4 @@ def save_attention_grid(path: str, image: np.ndarray, eb_maps: np.ndarray, full_
       peak = float(np.max(m))
       tiles.append(_heat(m / peak if peak > 0 else m))
     rows.append(np.concatenate(tiles, 1))
-  grid = np.concatenate(rows, 0)
-  im = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-  tmp = path + '.tmp.png'
-  im.save(tmp)
-  os.replace(tmp, path)
+  _save_png(path, np.concatenate(rows, 0), scale)
