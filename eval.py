@@ -1,7 +1,10 @@
 """Evaluate a train.py workdir: `python eval.py --workdir=runs/default [--split=val] [--step=N]`.
 
-Prints the per-class IoU table (layout of the paper's Table 2), writes
-eval_<split>.json and examples_<split>.png into the workdir.
+Inference variants: --noattention (baseline B6: no attention in the CRF unary), --dense_crf
+(dense-CRF post-processing), --scales=0.75,1,1.25 and --flip (multi-scale / flip averaging),
+--class_threshold=T. Prints the per-class IoU table (layout of the paper's Table 2), writes
+eval_<split>[_<variant>].json and examples_<split>[_<variant>].png into the workdir (one file
+per variant, so no variant overwrites another's results).
 """
 import sys
 
@@ -13,6 +16,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', 'runs/default', 'A workdir written by train.py.')
 flags.DEFINE_string('split', None, 'Split to evaluate (default: the config\'s eval.split).')
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+flags.DEFINE_bool('attention', None, 'Attention in the CRF unary at inference (default: config).')
+flags.DEFINE_bool('dense_crf', None, 'Dense-CRF post-processing (default: config).')
+flags.DEFINE_list('scales', None, 'Scales whose p^S is averaged, e.g. 0.75,1,1.25 (default: config).')
+flags.DEFINE_bool('flip', None, 'Also average horizontal flips (default: config).')
+flags.DEFINE_float('class_threshold', None, 'Sigmoid score above which a class is predicted.')
 
 
 def main(argv):
@@ -20,7 +28,12 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   try:
-    train_lib.evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.step)
+    overrides = {'attention': FLAGS.attention, 'dense_crf.enabled': FLAGS.dense_crf,
+                 'scales': tuple(float(x) for x in FLAGS.scales) if FLAGS.scales else None,
+                 'flip': FLAGS.flip, 'class_threshold': FLAGS.class_threshold,
+                 'tune_threshold': False if FLAGS.class_threshold is not None else None}
+    train_lib.evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.step,
+                               {k: v for k, v in overrides.items() if v is not None})
   except train_lib.ConfigError as e:
     sys.exit(f'error: {e}')
 

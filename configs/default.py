@@ -1,5 +1,7 @@
-"""Default config: weakly supervised baseline B1 (classification loss only) on the
-synthetic benchmark with a width-reduced DeepLab-LargeFOV, sized for a 2-core CPU."""
+"""Default config: the full method (Fig. 1: Delta^C + lambda Delta^S, top-down attention with
+neighbours, CRF-RNN with the attention unary) on the synthetic benchmark, with a width-reduced
+DeepLab-LargeFOV sized for a 2-core CPU. The baselines of Tables 1 and 5 are
+configs/ablation.py:<name>."""
 import ml_collections
 
 
@@ -28,16 +30,49 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.aggregation = 'fcl'           # fcl | gap | gmp | lse (Table 5)
   config.model.lse_r = 5.0
   config.model.aggregate_input = 'scores'    # scores (f, Sec. 3) | log_softmax (log p^S)
+  config.model.cls_from = 'cnn'              # Delta^C on the FCL of: cnn scores | crf (CRF-RNN logits)
+
+  # Top-down attention p^A (Sec. 4, Eqs. 2-9).
+  config.model.attention = ml_collections.ConfigDict()
+  config.model.attention.enabled = True      # False: baseline B1 (w/o att)
+  config.model.attention.neighbors = True    # False: baseline B4 (w/o neighbour, plain EB)
+  config.model.attention.lateral = 'diffusion'  # diffusion | paper_eq9 (docs/DESIGN.md)
+  config.model.attention.radius = 3
+  config.model.attention.eps = 1.0           # diffusion strength: Q = (1 + eps) I - A (docs/DESIGN.md)
+  config.model.attention.qp_tol = 1e-3
+  config.model.attention.qp_iters = 50
+  config.model.attention.stop_at = 'pool4'
+  config.model.attention.gradient = 'stop'   # stop (p^A is a target) | through (QP's implicit grads)
+  config.model.attention.max_classes = 4     # classes walked per image (<= 3 tags + background); 0: all
+  config.model.attention.background = 'complement'  # p^A(bg) = (1 - max fg)^bg_power | walk (own EB)
+  config.model.attention.bg_power = 1.0
+
+  # CRF-RNN (Sec. 5, Eqs. 10-12).
+  config.model.crf = ml_collections.ConfigDict()
+  config.model.crf.enabled = True            # False: no CRF-RNN (B5 uses dense-CRF post-processing)
+  config.model.crf.attention_unary = True    # False: baseline B3 (unary -log p^S)
+  config.model.crf.iters = 3                 # Sec. 7
+  config.model.crf.sigma_z = 10.0            # Eq. (8), pixels
+  config.model.crf.sigma_r = 30.0            # Eq. (8), on RGB 0..255
+  config.model.crf.bilateral_weight = 5.0
+  config.model.crf.spatial_weight = 0.0      # an extra spatial-only kernel (CRF-RNN has one; the paper not)
+  config.model.crf.spatial_sxy = 3.0
+  # lattice rows per image (0: worst case N(d+1) = 24576 at 64 px). Synthetic 64 px images need
+  # <= 3755 (32 training images); training logs lattice_fill = rows needed / cap (> 1 drops mass).
+  config.model.crf.lattice_capacity = 6144
 
   config.train = ml_collections.ConfigDict()
-  config.train.mode = 'weak'                 # weak (B1: Delta^C only) | fully_supervised
+  config.train.mode = 'weak'                 # weak (Delta^C + lambda Delta^S) | fully_supervised
+  config.train.warmup_steps = 1000           # Delta^C-only steps first (stands in for ImageNet init)
+  config.train.seg_loss_weight = 1.5         # lambda of Eq. (13); 0: baseline B2 (w/o seg loss)
+  config.train.seg_loss_on = 'cnn'           # Delta^S on p^S (Eq. 15) | crf (CRF-RNN output, Sec. 1)
   config.train.optimizer = 'adam'            # adam (CPU default, see docs/DESIGN.md) | sgd (paper, Sec. 7)
   config.train.batch_size = 32
   config.train.num_steps = 1500
   config.train.learning_rate = 0.001
   config.train.momentum = 0.9
   config.train.weight_decay = 5e-4
-  config.train.lr_decay_every = 1000
+  config.train.lr_decay_every = 1250
   config.train.lr_decay_factor = 0.1
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 2
@@ -49,4 +84,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.batch_size = 50
   config.eval.num_examples = 0   # 0 = the whole split
   config.eval.num_images = 8     # rows in the PNG grid
+  config.eval.attention = True   # attention in the CRF unary at inference; False: baseline B6
+  config.eval.class_threshold = 0.5  # sigmoid score above which a class is predicted present
+  config.eval.tune_threshold = True  # ... chosen on the val split's tags instead (best mean F1)
+  config.eval.scales = (1.0,)    # multi-scale inference: p^S averaged over these scales
+  config.eval.flip = False       # ... and their horizontal flips
+  config.eval.dense_crf = ml_collections.ConfigDict()  # dense-CRF post-processing (B5)
+  config.eval.dense_crf.enabled = False
+  config.eval.dense_crf.iters = 10
+  config.eval.dense_crf.gaussian_sxy = 3.0
+  config.eval.dense_crf.gaussian_compat = 3.0
+  config.eval.dense_crf.bilateral_sxy = 20.0   # 80 on VOC-sized images; 64 px images here
+  config.eval.dense_crf.bilateral_srgb = 13.0
+  config.eval.dense_crf.bilateral_compat = 10.0
   return config

@@ -6,4 +6,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.train.mode = 'fully_supervised'
+  # the oracle is the CNN alone: no attention, no CRF-RNN (nothing weak to fuse)
+  config.model.attention.enabled = False
+  config.model.crf.enabled = False
   return config

@@ -13,6 +13,7 @@ def get_config():
   config.model.backbone.fc6_dilation = 1
   config.train.batch_size = 4
   config.train.num_steps = 4
+  config.train.warmup_steps = 2
   config.train.checkpoint_every = 2
   config.train.log_every = 2
   config.train.progress_bar = False

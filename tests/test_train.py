@@ -114,11 +114,20 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
   # eval.py on the finished workdir: table, JSON and PNG.
   res = _run('eval.py', f'--workdir={straight}')
   assert res.returncode == 0, res.stderr[-2000:]
-  assert 'mIoU' in res.stdout.splitlines()[0] and 'val mIoU:' in res.stdout
+  assert any('mIoU' in l and 'backgr' in l for l in res.stdout.splitlines()) and 'val mIoU:' in res.stdout
+  assert 'class threshold' in res.stdout  # tuned on the val tags
   report = json.load(open(os.path.join(straight, 'eval_val.json')))
   conf = np.array(report['confusion'])
   assert conf.sum() == 16 * 32 * 32 and report['step'] == total
   assert os.path.getsize(os.path.join(straight, 'examples_val.png')) > 0
+  # An inference variant (B6 + a fixed threshold) writes its own files, leaving the others as they were.
+  before = open(os.path.join(straight, 'eval_val.json')).read()
+  res = _run('eval.py', f'--workdir={straight}', '--noattention', '--class_threshold=0.3')
+  assert res.returncode == 0, res.stderr[-2000:]
+  variant = json.load(open(os.path.join(straight, 'eval_val_noatt_t0.3.json')))
+  assert variant['class_threshold'] == pytest.approx(0.3) and variant['variant'] == 'noatt_t0.3'
+  assert os.path.exists(os.path.join(straight, 'examples_val_noatt_t0.3.png'))
+  assert open(os.path.join(straight, 'eval_val.json')).read() == before
 
   # A checkpoint of another architecture: one clear line naming it, nothing overwritten.
   other = str(tmp_path / 'other')

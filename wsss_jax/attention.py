@@ -62,8 +62,10 @@ def class_signal(scores: jax.Array, fcl_weights: jax.Array | None, classes: jax.
   wa = w * a  # (B, h, w, K)
   total = jnp.sum(wa, axis=(1, 2), keepdims=True)
   p = jnp.where(total > eps, wa / jnp.maximum(total, eps), 1.0 / (scores.shape[1] * scores.shape[2]))
-  onehot = jax.nn.one_hot(classes, scores.shape[-1], dtype=scores.dtype)  # (C, K)
-  return p[:, None] * onehot[None, :, None, None, :]
+  onehot = jax.nn.one_hot(classes, scores.shape[-1], dtype=scores.dtype)  # (C, K) or (B, C, K)
+  if onehot.ndim == 2:
+    onehot = jnp.broadcast_to(onehot, (scores.shape[0],) + onehot.shape)
+  return p[:, None] * onehot[:, :, None, None, :]
 
 
 def excitation_backprop(params: Mapping[str, Any], activations: Mapping[str, jax.Array],
@@ -97,7 +99,9 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
                    cfg: backbone.BackboneConfig, images: jax.Array, fcl_weights: jax.Array | None,
                    class_mask: jax.Array, *, neighbors: bool = True, lateral: str = 'diffusion',
                    eps: float = 0.01, radius: int = 3, qp_tol: float = 1e-4, qp_iters: int = 300,
-                   stop_at: str = 'pool4', return_layers: bool = False):
+                   stop_at: str = 'pool4', return_layers: bool = False,
+                   max_classes: int | None = None, background: str = 'walk',
+                   bg_power: float = 1.0):
   """p^A of Eq. (4): top-down attention for every class, (B, H, W, K), summing to 1 over classes.
 
   Walks Eqs. (5)-(6) from the FCL down to `stop_at`; with `neighbors`, at every conv and pooling
@@ -106,12 +110,24 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
   and layers), and redistributed over channels in proportion to gamma. `class_mask` (B, K) selects
   the classes that get attention (tags + background in training, predicted classes at inference);
   the others get 0 and every pixel is normalised over the selected ones. With neighbors=False this
-  is plain excitation backprop (baseline B4). Returns p^A, and with `return_layers` also the
+  is plain excitation backprop (baseline B4). `max_classes` (static) walks only that many classes
+  per image, the selected ones first (an image has few tags: the walk and QP cost scale with it);
+  selected classes beyond it get no attention. `background`: 'walk' treats class 0 like the
+  others (its own top-down walk); 'complement' scales each foreground map to peak 1 and gives
+  background (1 - max_c fg_c)^bg_power before the per-pixel normalisation (docs/DESIGN.md).
+  Returns p^A, and with `return_layers` also the
   per-layer QP solutions (for KKT checks).
   """
   scores = activations['fc8']
   b, gh, gw, k = scores.shape
-  top = class_signal(scores, fcl_weights, jnp.arange(k))  # (B, K, h, w, K)
+  if max_classes is None or max_classes >= k:
+    classes = jnp.broadcast_to(jnp.arange(k), (b, k))
+  else:
+    # selected classes first (ties by index), then the others as padding
+    rank = jnp.where(class_mask > 0, 0, k) + jnp.arange(k)[None, :]
+    classes = jnp.argsort(rank, axis=-1)[:, :max_classes]
+  t = classes.shape[1]
+  top = class_signal(scores, fcl_weights, classes)  # (B, T, h, w, K)
   solutions = {}
 
   def lateral_map(layer, name, a_in, p):
@@ -123,9 +139,9 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
                        f'{a_in.shape[1:3]}, not {(gh, gw)}: stop at pool4 or above')
     gamma = jnp.sum(p, -1)  # (B, K, h, w)
     alpha = jnp.sum(bilateral.feedforward_term(a_in), -1)[:, None]  # (B, 1, h, w)
-    bvec = (gamma + alpha).reshape(b, k, gh * gw)
+    bvec = (gamma + alpha).reshape(b, t, gh * gw)
     sol = qp.solve_nonneg_qp(op, -bvec, tol=qp_tol, max_iters=qp_iters)
-    x = sol.x.reshape(b, k, gh, gw)
+    x = sol.x.reshape(b, t, gh, gw)
     x = x / jnp.maximum(jnp.sum(x, (2, 3), keepdims=True), 1e-12)
     share = jnp.where(gamma[..., None] > 0, p / jnp.maximum(gamma[..., None], 1e-30), 1.0 / p.shape[-1])
     solutions[name] = (op, -bvec, sol)
@@ -138,9 +154,17 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
                               base.rank_one[:, None], radius)
   p = excitation_backprop(params, activations, cfg, top, stop_at,
                           after_layer=lateral_map if neighbors else None)[stop_at]
-  spatial = jnp.sum(p, -1)  # (B, K, h, w)
+  spatial = jnp.sum(p, -1)  # (B, T, h, w)
+  if t < k or max_classes is not None:
+    spatial = jnp.einsum('bthw,btk->bkhw', spatial, jax.nn.one_hot(classes, k, dtype=spatial.dtype))
   up = jax.image.resize(jnp.moveaxis(spatial, 1, -1), (b,) + images.shape[1:3] + (k,), 'bilinear')
   up = jnp.maximum(up, 0.0) * class_mask[:, None, None, :].astype(up.dtype)
+  if background == 'complement':
+    # foreground maps scaled to peak 1; background = how far a pixel is from every fg peak
+    peak = jnp.max(up[..., 1:], axis=(1, 2), keepdims=True)
+    fg = up[..., 1:] / jnp.maximum(peak, 1e-12)
+    bg = jnp.clip(1.0 - jnp.max(fg, -1, keepdims=True), 0.0, 1.0) ** bg_power
+    up = jnp.concatenate([bg * class_mask[:, None, None, :1], fg], -1)
   total = jnp.sum(up, -1, keepdims=True)
   uniform = class_mask[:, None, None, :] / jnp.maximum(jnp.sum(class_mask, -1), 1)[:, None, None, None]
   p_a = jnp.where(total > 1e-12, up / jnp.maximum(total, 1e-12), uniform)

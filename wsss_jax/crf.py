@@ -179,8 +179,9 @@ def init_params(num_classes: int) -> dict:
 
 
 def crf_rnn(params: dict, seg_probs: jax.Array, image: jax.Array,
-      attention: jax.Array | None = None, *, kernels: Sequence[Kernel],
-      iters: int = 3, eps: float = 1e-8):
+            attention: jax.Array | None = None, *, kernels: Sequence[Kernel],
+            iters: int = 3, eps: float = 1e-8, capacity: int | None = None,
+            return_lattice_size: bool = False):
   """The paper's CRF-RNN layer (Sec. 5): unary phi = -log(p^S p^A) (Eq. 11),
   pairwise mu(y, y') w_ii' (Eq. 12) with fixed Gaussian kernels and learned mu,
   ``iters`` mean-field steps (3 in Sec. 7) as a ``lax.scan``.
@@ -188,21 +189,27 @@ def crf_rnn(params: dict, seg_probs: jax.Array, image: jax.Array,
   seg_probs: (B, H, W, K) p^S at image resolution; attention: (B, H, W, K) p^A
   or None to drop the attention factor (baselines B3/B6); image: (B, H, W, 3)
   in [0, 255]. Returns (logits, probs) of the refined segmentation; gradients
-  reach p^S, p^A and mu, the kernels are fixed.
+  reach p^S, p^A and mu, the kernels are fixed. ``capacity`` (static) caps the
+  lattice rows per kernel (default: the worst case N(d+1); the lattice build and
+  filtering cost scale with it); with ``return_lattice_size`` the largest
+  lattice of the batch is returned too, to check the cap (points past it are
+  dropped).
   """
   b, h, w, k = seg_probs.shape
   if params["compat"].shape != (k, k):
     raise ValueError(f"crf_rnn: compat {params['compat'].shape} does not match "
-            f"{k} classes of seg_probs {seg_probs.shape}")
+                     f"{k} classes of seg_probs {seg_probs.shape}")
   unary = -jnp.log(seg_probs + eps)
   if attention is not None:
     unary = unary - jnp.log(attention + eps)
   kernels = tuple(kernels)
 
   def one(u, im):
-    filters = [_build_filter(im, kern, None) for kern in kernels]
+    filters = [_build_filter(im, kern, capacity) for kern in kernels]
     logits, q = _mean_field(u.reshape(h * w, k), filters,
-                [kern.weight for kern in kernels], params["compat"], iters)
-    return logits.reshape(h, w, k), q.reshape(h, w, k)
+                            [kern.weight for kern in kernels], params["compat"], iters)
+    size = jnp.max(jnp.stack([f.lattice.size for f in filters]))
+    return logits.reshape(h, w, k), q.reshape(h, w, k), size
 
-  return jax.vmap(one)(unary, image)
+  logits, probs, size = jax.vmap(one)(unary, image)
+  return (logits, probs, jnp.max(size)) if return_lattice_size else (logits, probs)

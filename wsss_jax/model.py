@@ -1,8 +1,9 @@
-"""The segmentation model as pure functions: backbone -> pixel scores -> image scores (Fig. 1).
+"""The segmentation model as pure functions (Fig. 1).
 
-This is the bottom-up half of Fig. 1 (Sec. 3): DeepLab-LargeFOV pixel scores
-f (Eq. 1) and an aggregation head giving the image-level logits used by
-Delta^C (Eq. 14). Class 0 is background; it is treated as a class present in
+Bottom-up (Sec. 3): DeepLab-LargeFOV pixel scores f and p^S (Eq. 1), aggregated by
+a head into the image logits of Delta^C (Eq. 14). Top-down (Sec. 4): attention p^A
+(Eqs. 2-9) seeded at the FCL output. Fusion (Sec. 5): the CRF-RNN with unary
+-log(p^S p^A) (Eq. 11). Class 0 is background; it is treated as a class present in
 every image, as in the paper's K = 21 VOC classes.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from wsss_jax import aggregation, backbone
+from wsss_jax import aggregation, attention, backbone, crf
 
 # ImageNet RGB mean and std on the 0..255 scale.
 PIXEL_MEAN = jnp.array([123.68, 116.78, 103.94], jnp.float32)
@@ -30,11 +31,13 @@ def score_map_size(config: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def init_params(key: jax.Array, config: Mapping[str, Any]) -> dict[str, Any]:
-  """Parameter pytree {'backbone': ..., 'fcl': ...} (fcl only with the FCL head)."""
+  """Parameter pytree {'backbone', 'fcl' (FCL head only), 'crf' (CRF-RNN only)}."""
   bcfg = backbone_config(config)
   params = {'backbone': backbone.init_params(key, bcfg)}
   if config['model']['aggregation'] == 'fcl':
     params['fcl'] = aggregation.init_fcl(score_map_size(config), bcfg.num_classes)
+  if config['model']['crf']['enabled']:
+    params['crf'] = crf.init_params(bcfg.num_classes)
   return params
 
 
@@ -46,12 +49,9 @@ def preprocess(images: jax.Array) -> jax.Array:
 def forward(params: Mapping[str, Any], images: jax.Array, config: Mapping[str, Any], *,
             train: bool, rng: jax.Array | None = None) -> dict[str, jax.Array]:
   """Pixel scores f (N, h, w, K) and image logits (N, K) for uint8 images."""
-  mcfg = config['model']
   scores = backbone.apply(params['backbone'], preprocess(images), cfg=backbone_config(config),
                           train=train, rng=rng)
-  agg_in = jax.nn.log_softmax(scores, -1) if mcfg['aggregate_input'] == 'log_softmax' else scores
-  logits = aggregation.aggregate(mcfg['aggregation'], params.get('fcl'), agg_in, mcfg['lse_r'])
-  return {'scores': scores, 'image_logits': logits}
+  return {'scores': scores, 'image_logits': image_logits(params, scores, config)}
 
 
 def tags_with_background(tags: jax.Array) -> jax.Array:
@@ -65,7 +65,141 @@ def upsample(scores: jax.Array, size: tuple[int, int]) -> jax.Array:
   return jax.image.resize(scores, (n, size[0], size[1], k), 'bilinear')
 
 
-def predict(params, images, config) -> jax.Array:
-  """Label map (N, H, W): argmax over background and classes of the upsampled scores."""
-  out = forward(params, images, config, train=False)
-  return jnp.argmax(upsample(out['scores'], images.shape[1:3]), -1)
+# ---------------------------------------------------------------------------------------------
+# The full method: bottom-up + top-down + CRF-RNN (Fig. 1).
+
+def crf_kernels(config: Mapping[str, Any]) -> tuple[crf.Kernel, ...]:
+  """The CRF-RNN's fixed kernels. Eq. (8) writes exp(-|dz|^2/sigma_z^2 - |dr|^2/sigma_r^2);
+  in the lattice's exp(-|df|^2/2) form that is sxy = sigma_z/sqrt(2), srgb = sigma_r/sqrt(2)."""
+  c = config['model']['crf']
+  kernels = [crf.Kernel(c['sigma_z'] / 2 ** 0.5, c['sigma_r'] / 2 ** 0.5, c['bilateral_weight'])]
+  if c['spatial_weight']:
+    kernels.append(crf.Kernel(c['spatial_sxy'], None, c['spatial_weight']))
+  return tuple(kernels)
+
+
+def attention_map(params, activations, images, class_mask, config) -> jax.Array:
+  """p^A (B, H, W, K) for the classes in class_mask, from one forward pass's activations."""
+  a = config['model']['attention']
+  return attention.attention_maps(
+      params['backbone'], activations, backbone_config(config), images,
+      params.get('fcl', {}).get('w'), class_mask, neighbors=a['neighbors'], lateral=a['lateral'],
+      eps=a['eps'], radius=a['radius'], qp_tol=a['qp_tol'], qp_iters=a['qp_iters'],
+      stop_at=a['stop_at'], max_classes=a['max_classes'] or None, background=a['background'],
+      bg_power=a['bg_power'])
+
+
+def image_logits(params: Mapping[str, Any], scores: jax.Array, config: Mapping[str, Any]) -> jax.Array:
+  """The aggregation head on score maps (B, h, w, K) -> image logits (B, K)."""
+  m = config['model']
+  agg_in = jax.nn.log_softmax(scores, -1) if m['aggregate_input'] == 'log_softmax' else scores
+  return aggregation.aggregate(m['aggregation'], params.get('fcl'), agg_in, m['lse_r'])
+
+
+def downsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """Area-averaging resize of (B, H, W, K) maps to the score grid (for cls_from = 'crf')."""
+  n, _, _, k = maps.shape
+  return jax.image.resize(maps, (n, size[0], size[1], k), 'linear', antialias=True)
+
+
+def bottom_up(params, images, config, *, train: bool, rng=None):
+  """Scores f, image logits and p^S (Eq. 1, at image resolution), plus the activations the
+  top-down pass walks."""
+  scores, acts = backbone.apply(params['backbone'], preprocess(images), cfg=backbone_config(config),
+                                train=train, rng=rng, return_activations=True)
+  out = {'scores': scores, 'image_logits': image_logits(params, scores, config),
+         'p_s': jax.nn.softmax(upsample(scores, images.shape[1:3]), -1)}
+  return out, acts
+
+
+def refine(params, images, out, acts, class_mask, config, *, attention_unary: bool | None = None):
+  """Adds 'attention' p^A (for the classes of class_mask) and the CRF-RNN's 'crf_logits' /
+  'crf_probs' to a bottom-up result, as the config enables them."""
+  m = config['model']
+  out = dict(out)
+  p_a = None
+  if m['attention']['enabled'] and class_mask is not None:
+    p_a = attention_map(params, acts, images, class_mask, config)
+    if m['attention']['gradient'] == 'stop':
+      p_a = jax.lax.stop_gradient(p_a)
+    out['attention'] = p_a
+  if m['crf']['enabled']:
+    use_att = m['crf']['attention_unary'] if attention_unary is None else attention_unary
+    logits, probs, size = crf.crf_rnn(
+        params['crf'], out['p_s'], images.astype(jnp.float32), p_a if use_att else None,
+        kernels=crf_kernels(config), iters=m['crf']['iters'],
+        capacity=m['crf']['lattice_capacity'] or None, return_lattice_size=True)
+    out['crf_logits'], out['crf_probs'], out['lattice_size'] = logits, probs, size
+  return out
+
+
+def segment(params: Mapping[str, Any], images: jax.Array, config: Mapping[str, Any],
+            class_mask: jax.Array | None, *, train: bool, rng: jax.Array | None = None,
+            attention_unary: bool | None = None) -> dict[str, jax.Array]:
+  """One pass of Fig. 1 for uint8 images (B, H, W, 3).
+
+  Returns 'scores' f, 'image_logits' (Delta^C's input, from the CNN scores), 'p_s' (Eq. 1 at
+  image resolution), and, when enabled in the config, 'attention' p^A for the classes of
+  `class_mask` (B, K) (tags + background in training, predicted classes at inference) and the
+  CRF-RNN's 'crf_logits' / 'crf_probs' with unary -log(p^S p^A) (Eq. 11), or -log p^S when
+  `attention_unary` is False (B3 in training, B6 at inference). p^A is a target, so no gradient
+  flows into it unless model.attention.gradient = 'through'.
+  """
+  out, acts = bottom_up(params, images, config, train=train, rng=rng)
+  return refine(params, images, out, acts, class_mask, config, attention_unary=attention_unary)
+
+
+def _multiscale_p_s(params, images, config, p_s):
+  """p^S averaged over config.eval.scales and (with eval.flip) horizontal flips."""
+  views, total = [], 0.0
+  h, w = images.shape[1:3]
+  for scale in config['eval']['scales']:
+    for flip in ((False, True) if config['eval']['flip'] else (False,)):
+      if float(scale) == 1.0 and not flip:
+        views.append(p_s)
+        continue
+      size = (max(8, round(h * float(scale))), max(8, round(w * float(scale))))
+      im = jax.image.resize(images.astype(jnp.float32), (images.shape[0],) + size + (3,), 'bilinear')
+      im = im[:, :, ::-1] if flip else im
+      scores = backbone.apply(params['backbone'], preprocess(im), cfg=backbone_config(config),
+                              train=False)
+      scores = scores[:, :, ::-1] if flip else scores
+      views.append(jax.nn.softmax(upsample(scores, (h, w)), -1))
+  for v in views:
+    total = total + v
+  return total / len(views)
+
+
+def infer(params: Mapping[str, Any], images: jax.Array, config: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """Inference without tags (Sec. 7): classes predicted from the image scores
+  (eval.class_threshold), attention for them (unless eval.attention is False: B6), CRF-RNN,
+  optional dense-CRF post-processing (eval.dense_crf: B5) and multi-scale/flip averaging of p^S.
+  Returns label maps 'final', 'cnn' (argmax p^S) and, with attention, 'attention' (argmax p^A)."""
+  e = config['eval']
+  out, acts = bottom_up(params, images, config, train=False)
+  if len(e['scales']) > 1 or e['flip'] or float(e['scales'][0]) != 1.0:
+    out['p_s'] = _multiscale_p_s(params, images, config, out['p_s'])
+  use_att = bool(e['attention']) and config['model']['attention']['enabled']
+  mask = predicted_classes(out['image_logits'], e['class_threshold'])
+  out = refine(params, images, out, acts, mask if use_att else None, config,
+               attention_unary=use_att and config['model']['crf']['attention_unary'])
+  probs = out.get('crf_probs', out['p_s'])
+  if e['dense_crf']['enabled']:
+    unary = out['p_s'] * out['attention'] if 'attention' in out else out['p_s']
+    unary = unary / jnp.maximum(jnp.sum(unary, -1, keepdims=True), 1e-12)
+    d = e['dense_crf']
+    probs = crf.dense_crf(unary, jnp.clip(images, 0, 255), iters=d['iters'],
+                          gaussian_sxy=d['gaussian_sxy'], gaussian_compat=d['gaussian_compat'],
+                          bilateral_sxy=d['bilateral_sxy'], bilateral_srgb=d['bilateral_srgb'],
+                          bilateral_compat=d['bilateral_compat'])
+  pred = {'final': jnp.argmax(probs, -1), 'cnn': jnp.argmax(out['p_s'], -1)}
+  if 'attention' in out:
+    pred['attention'] = jnp.argmax(out['attention'], -1)
+  return pred
+
+
+def predicted_classes(image_logits: jax.Array, threshold: float) -> jax.Array:
+  """(B, K) class mask at inference: foreground classes with sigmoid score > threshold, and
+  background always (an image with no confident class falls back to background only)."""
+  mask = jax.nn.sigmoid(image_logits) > threshold
+  return mask.at[:, 0].set(True).astype(jnp.float32)

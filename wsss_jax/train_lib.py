@@ -8,6 +8,7 @@ per-device batch B/D take the same step as one device with batch B.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -49,12 +50,24 @@ SCHEMA = {
              'num_threads': None},
     'model': {'backbone': {'width': None, 'depth': None, 'fc_features': None,
                            'fc6_dilation': None, 'dropout_rate': None},
-              'aggregation': None, 'lse_r': None, 'aggregate_input': None},
-    'train': {'mode': None, 'optimizer': None, 'batch_size': None, 'num_steps': None, 'learning_rate': None,
+              'aggregation': None, 'lse_r': None, 'aggregate_input': None, 'cls_from': None,
+              'attention': {'enabled': None, 'neighbors': None, 'lateral': None, 'radius': None,
+                            'eps': None, 'qp_tol': None, 'qp_iters': None, 'stop_at': None,
+                            'gradient': None, 'max_classes': None, 'background': None,
+                            'bg_power': None},
+              'crf': {'enabled': None, 'attention_unary': None, 'iters': None, 'sigma_z': None,
+                      'sigma_r': None, 'bilateral_weight': None, 'spatial_weight': None,
+                      'spatial_sxy': None, 'lattice_capacity': None}},
+    'train': {'mode': None, 'warmup_steps': None, 'seg_loss_weight': None, 'seg_loss_on': None, 'optimizer': None, 'batch_size': None, 'num_steps': None, 'learning_rate': None,
               'momentum': None, 'weight_decay': None, 'lr_decay_every': None,
               'lr_decay_factor': None, 'checkpoint_every': None, 'keep_checkpoints': None,
               'log_every': None, 'progress_bar': None},
-    'eval': {'batch_size': None, 'split': None, 'num_examples': None, 'num_images': None},
+    'eval': {'batch_size': None, 'split': None, 'num_examples': None, 'num_images': None,
+             'attention': None, 'class_threshold': None, 'tune_threshold': None, 'scales': None,
+             'flip': None,
+             'dense_crf': {'enabled': None, 'iters': None, 'gaussian_sxy': None,
+                           'gaussian_compat': None, 'bilateral_sxy': None, 'bilateral_srgb': None,
+                           'bilateral_compat': None}},
 }
 
 
@@ -85,6 +98,18 @@ def validate_config(config: Mapping[str, Any]) -> None:
   if m['aggregate_input'] not in ('scores', 'log_softmax'):
     raise ConfigError(f'config.model.aggregate_input must be scores|log_softmax, '
                       f'got {m["aggregate_input"]!r}')
+  choices = {'model.cls_from': (m['cls_from'], ('cnn', 'crf')),
+             'model.attention.lateral': (m['attention']['lateral'], ('diffusion', 'paper_eq9')),
+             'model.attention.gradient': (m['attention']['gradient'], ('stop', 'through')),
+             'model.attention.background': (m['attention']['background'], ('walk', 'complement')),
+             'train.seg_loss_on': (t['seg_loss_on'], ('crf', 'cnn'))}
+  for key, (value, allowed) in choices.items():
+    if value not in allowed:
+      raise ConfigError(f'config.{key} must be one of {allowed}, got {value!r}')
+  if m['cls_from'] == 'crf' and not m['crf']['enabled']:
+    raise ConfigError('config.model.cls_from=crf needs config.model.crf.enabled=True')
+  if not config['eval']['scales'] or any(float(x) <= 0 for x in config['eval']['scales']):
+    raise ConfigError(f'config.eval.scales must be positive numbers, got {config["eval"]["scales"]!r}')
   for key in ('batch_size', 'num_steps', 'checkpoint_every', 'keep_checkpoints', 'log_every'):
     if int(t[key]) < 1:
       raise ConfigError(f'config.train.{key} must be >= 1, got {t[key]}')
@@ -140,7 +165,10 @@ def make_optimizer(config) -> optax.GradientTransformation:
     opt = optax.sgd(learning_rate_schedule(config), momentum=t.momentum)
   else:
     opt = optax.adam(learning_rate_schedule(config))
-  return optax.chain(optax.add_decayed_weights(t.weight_decay), opt)
+  # No weight decay on the CRF-RNN compatibility: with Adam a decay-only gradient moves it by ~lr
+  # per step, which would erase the Potts init in runs where no loss reaches it (B1, B2, warm-up).
+  decay_mask = lambda params: {k: jax.tree.map(lambda _: k != 'crf', v) for k, v in params.items()}
+  return optax.chain(optax.add_decayed_weights(t.weight_decay, mask=decay_mask), opt)
 
 
 def create_state(config, key: jax.Array) -> TrainState:
@@ -150,15 +178,45 @@ def create_state(config, key: jax.Array) -> TrainState:
 
 
 def compute_loss(params, batch, rng, config):
-  """Per-batch loss and metrics for the configured training mode."""
-  out = model.forward(params, batch['image'], config, train=True, rng=rng)
+  """Per-batch loss and metrics for the configured training mode (Sec. 6)."""
   if config.train.mode == 'fully_supervised':
+    out = model.forward(params, batch['image'], config, train=True, rng=rng)
     logits = model.upsample(out['scores'], batch['image'].shape[1:3])
     loss = jnp.mean(losses.pixel_cross_entropy(logits, batch['mask']))
     return loss, {'loss': loss, 'seg_loss': loss}
-  # Weakly supervised (baseline B1): Delta^C with background present in every image.
-  loss = jnp.mean(losses.classification_loss(out['image_logits'], model.tags_with_background(batch['tags'])))
-  return loss, {'loss': loss, 'cls_loss': loss}
+  # Weakly supervised: Delta = Delta^C + lambda Delta^S (Eq. 13), background present in every image.
+  tags = model.tags_with_background(batch['tags'])
+  out = model.segment(params, batch['image'], config, tags, train=True, rng=rng)
+  image_logits = out['image_logits']
+  if config.model.cls_from == 'crf':
+    image_logits = model.image_logits(params, model.downsample(out['crf_logits'], out['scores'].shape[1:3]),
+                                      config)
+  cls_loss = jnp.mean(losses.classification_loss(image_logits, tags))
+  metrics_ = {'cls_loss': cls_loss}
+  loss = cls_loss
+  lam = config.train.seg_loss_weight
+  crf_used = config.model.cls_from == 'crf'
+  if 'attention' in out and lam:
+    crf_used |= config.train.seg_loss_on == 'crf' and 'crf_probs' in out
+    seg = out['crf_probs'] if crf_used else out['p_s']
+    seg_loss = jnp.mean(losses.segmentation_loss(out['attention'], seg, tags))
+    metrics_['seg_loss'] = seg_loss
+    loss = loss + lam * seg_loss
+  if crf_used and config.model.crf.lattice_capacity:  # (an unused CRF-RNN is not computed)
+    metrics_['lattice_fill'] = out['lattice_size'].astype(jnp.float32) / config.model.crf.lattice_capacity
+  metrics_['loss'] = loss
+  return loss, metrics_
+
+
+def warmup_config(config):
+  """The config of the first train.warmup_steps steps: Delta^C only (no attention, no Delta^S),
+  the role ImageNet pre-training plays in the paper (attention of an untrained net is noise)."""
+  warm = copy.deepcopy(config)
+  with warm.unlocked():
+    warm.model.attention.enabled = False
+    warm.train.seg_loss_weight = 0.0
+    warm.model.cls_from = 'cnn'
+  return warm
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, config):
@@ -171,10 +229,11 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
 
 
 def eval_step(params, batch, config):
-  """Confusion matrix of this shard, summed over all devices (and processes)."""
+  """Confusion matrix of this shard, summed over all devices (and processes), and the label
+  maps (final, CNN, attention argmax) for the PNG grid."""
   k = config.data.num_classes + 1
-  pred = model.predict(params, batch['image'], config)
-  conf = metrics.confusion_matrix(batch['mask'], pred, k)
+  pred = model.infer(params, batch['image'], config)
+  conf = metrics.confusion_matrix(batch['mask'], pred['final'], k)
   return jax.lax.psum(conf, AXIS), pred
 
 
@@ -265,6 +324,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                process_count=jax.process_count(),
                                num_threads=config.data.num_threads)
   p_train = jax.pmap(lambda s, b, r: train_step(s, b, r, config), axis_name=AXIS, donate_argnums=(0,))
+  warm_config = warmup_config(config)
+  p_warm = jax.pmap(lambda s, b, r: train_step(s, b, r, warm_config), axis_name=AXIS,
+                    donate_argnums=(0,))
   base_rng = state.rng
   rstate = jax_utils.replicate(state)
   del state
@@ -274,7 +336,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t_window, n_window, aux = time.perf_counter(), 0, None
   for step in range(start, num_steps):
     batch = shard(next(batches))
-    rstate, aux = p_train(rstate, batch, step_rngs(base_rng, step))
+    step_fn = p_warm if step < config.train.warmup_steps else p_train
+    rstate, aux = step_fn(rstate, batch, step_rngs(base_rng, step))
     n_window += 1
     done = step + 1
     if done % config.train.log_every == 0 or done == num_steps:
@@ -298,10 +361,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return result
 
 
+def tune_class_threshold(params, config, split: str = 'val') -> tuple[float, float]:
+  """The sigmoid threshold on the FCL scores that best predicts the tags of `split`
+  (mean per-class F1 over a 0.05..0.95 grid): inference has no tags (Sec. 7). Returns
+  (threshold, its F1)."""
+  ds = data.make_dataset(config.data, split)
+  p_scores = jax.pmap(lambda p, x: jax.nn.sigmoid(model.forward(p, x, config, train=False)['image_logits'][:, 1:]),
+                      axis_name=AXIS)
+  rparams = jax_utils.replicate(params)
+  scores, tags = [], []
+  for batch in data.eval_batches(ds, config.eval.batch_size, process_index=jax.process_index(),
+                                 process_count=jax.process_count(),
+                                 limit=config.eval.num_examples or None):
+    s = np.asarray(p_scores(rparams, shard({'image': batch['image']})['image']))
+    keep = batch['valid'] > 0
+    scores.append(s.reshape(len(keep), -1)[keep])
+    tags.append(batch['tags'][keep] > 0)
+  scores, tags = np.concatenate(scores), np.concatenate(tags)
+  best = (0.5, -1.0)
+  for t in np.arange(0.05, 0.951, 0.05):
+    pred = scores > t
+    tp = (pred & tags).sum(0)
+    f1 = np.mean(2 * tp / np.maximum(pred.sum(0) + tags.sum(0), 1))
+    if f1 > best[1] + 1e-9:
+      best = (float(round(t, 2)), float(f1))
+  return best
+
+
 def evaluate(params, config, split: str, *, workdir: str | None = None, step: int | None = None,
-             limit: int | None = None) -> dict[str, Any]:
+             limit: int | None = None, variant: str = '') -> dict[str, Any]:
   """mIoU on `split` (all processes and devices pooled); writes the table/JSON/PNG to workdir."""
   ds = data.make_dataset(config.data, split)
+  threshold = None
+  if config.eval.tune_threshold and config.train.mode == 'weak':
+    threshold, f1 = tune_class_threshold(params, config)
+    config = copy.deepcopy(config)
+    with config.unlocked():
+      config.eval.class_threshold = threshold
+    print(f'class threshold {threshold:.2f} (tag F1 {f1:.3f} on val)')
   p_eval = jax.pmap(lambda p, b: eval_step(p, b, config), axis_name=AXIS)
   rparams = jax_utils.replicate(params)
   k = config.data.num_classes + 1
@@ -313,32 +410,66 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
     c, pred = p_eval(rparams, shard({kk: v for kk, v in batch.items() if kk != 'valid'}))
     conf += np.asarray(c[0], np.int64)
     if len(shown) < config.eval.num_images:
-      pred = np.asarray(pred).reshape(batch['mask'].shape)
+      pred = {kk: np.asarray(v).reshape(batch['mask'].shape) for kk, v in pred.items()}
       for i in np.nonzero(batch['valid'])[0][:config.eval.num_images - len(shown)]:
-        shown.append((batch['image'][i], batch['mask'][i], pred[i]))
+        shown.append([batch['image'][i]] + [pred[kk][i] for kk in ('attention', 'cnn', 'final')
+                                             if kk in pred] + [batch['mask'][i]])
   names = list(ds.class_names)
   iou = metrics.iou_per_class(conf)
-  result = {'split': split, 'step': step, 'miou': metrics.mean_iou(conf),
+  result = {'split': split, 'variant': variant, 'step': step, 'miou': metrics.mean_iou(conf),
+            'class_threshold': float(config.eval.class_threshold),
             'iou': {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
             'confusion': conf.tolist()}
   if workdir is not None and jax.process_index() == 0:
     table = metrics.format_iou_table(conf, names, title=f'{config.train.mode}@{step}')
     print(table)
-    _atomic_write(os.path.join(workdir, f'eval_{split}.json'), json.dumps(result, indent=1))
-    visualize.save_grid(os.path.join(workdir, f'examples_{split}.png'), shown)
+    suffix = f'{split}_{variant}' if variant else split
+    _atomic_write(os.path.join(workdir, f'eval_{suffix}.json'), json.dumps(result, indent=1))
+    visualize.save_grid(os.path.join(workdir, f'examples_{suffix}.png'), shown)
   return result
 
 
-def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None) -> dict[str, Any]:
-  """Evaluate the latest (or given) checkpoint of a train.py workdir (the job behind eval.py)."""
+def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None,
+                     eval_overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Evaluate the latest (or given) checkpoint of a train.py workdir (the job behind eval.py).
+
+  `eval_overrides` replaces config.eval values ('dense_crf.enabled' style keys for nested
+  ones); results of a variant go to files suffixed with it (see `variant_name`)."""
   if not os.path.isdir(workdir):
     raise ConfigError(f'workdir {workdir} is not a directory')
   config = load_config(workdir)
+  eval_overrides = dict(eval_overrides or {})
+  with config.unlocked():
+    for key, value in eval_overrides.items():
+      group, _, leaf = ('eval.' + key).rpartition('.')
+      node = config
+      for part in group.split('.'):
+        node = node[part]
+      if leaf not in node:
+        raise ConfigError(f'unknown eval setting {key}')
+      node[leaf] = value
   validate_config(config)
   mngr = checkpoint_manager(workdir, config)
   state = restore_state(mngr, create_state(config, jax.random.key_data(jax.random.key(0))), step)
   split = split or config.eval.split
-  result = evaluate(state.params, config, split, workdir=workdir, step=int(state.step))
+  result = evaluate(state.params, config, split, workdir=workdir, step=int(state.step),
+                    variant=variant_name(eval_overrides, config))
   print(f'{split} mIoU: {100 * result["miou"]:.2f} (step {int(state.step)})')
   mngr.close()
   return result
+
+
+def variant_name(overrides: Mapping[str, Any], config) -> str:
+  """File-name suffix for an inference variant ('' for the config's own settings)."""
+  parts = []
+  if 'attention' in overrides:
+    parts.append('att' if overrides['attention'] else 'noatt')
+  if 'dense_crf.enabled' in overrides:
+    parts.append('densecrf' if overrides['dense_crf.enabled'] else 'nodensecrf')
+  if 'scales' in overrides:
+    parts.append('s' + '-'.join(f'{float(x):g}' for x in overrides['scales']))
+  if 'flip' in overrides:
+    parts.append('flip' if overrides['flip'] else 'noflip')
+  if overrides.get('class_threshold') is not None:
+    parts.append(f't{float(overrides["class_threshold"]):g}')
+  return '_'.join(parts)

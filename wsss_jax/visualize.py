@@ -1,4 +1,5 @@
-"""PNG grids of image | ground truth | prediction in the PASCAL VOC colour palette."""
+"""PNG grids of an image and label maps (attention, CNN, CRF-RNN, ground truth) in the PASCAL
+VOC colour palette."""
 from __future__ import annotations
 
 import os
@@ -22,13 +23,13 @@ def voc_palette(n: int = 256) -> np.ndarray:
   return pal
 
 
-def save_grid(path: str, rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], scale: int = 3) -> None:
-  """Write rows of (uint8 image, label map, label map) side by side; atomic replace."""
+def save_grid(path: str, rows: Sequence[Sequence[np.ndarray]], scale: int = 3) -> None:
+  """Write rows of (uint8 image, label map, label map, ...) side by side; atomic replace."""
   if not rows:
     return
   pal = voc_palette()
-  tiles = [np.concatenate([img, pal[np.asarray(gt, np.int64) % 256], pal[np.asarray(pr, np.int64) % 256]], 1)
-           for img, gt, pr in rows]
+  tiles = [np.concatenate([row[0]] + [pal[np.asarray(m, np.int64) % 256] for m in row[1:]], 1)
+           for row in rows]
   _save_png(path, np.concatenate(tiles, 0), scale)
 
 

@@ -1,0 +1,63 @@
+"""The baselines of Table 1 and the aggregation heads of Table 5 as one-line variations of the
+full method: `python train.py --config=configs/ablation.py:no_att`.
+
+Table 1: no_att (B1), no_seg_loss (B2), no_att_unary (B3), no_neighbor (B4), no_crf_rnn (B5),
+no_att_inference (B6), full. Table 5 (full method, other heads): gmp, gap, lse, fcl.
+"""
+from configs import default
+
+
+def _no_att(c):  # B1: no top-down attention, so no Delta^S and no attention unary
+  c.model.attention.enabled = False
+  c.train.seg_loss_weight = 0.0
+
+
+def _no_seg_loss(c):  # B2: attention only in the CRF-RNN unary (Eq. 11)
+  c.train.seg_loss_weight = 0.0
+
+
+def _no_att_unary(c):  # B3: attention only through Delta^S (Eq. 15)
+  c.model.crf.attention_unary = False
+
+
+def _no_neighbor(c):  # B4: parent-child term only (plain excitation backprop)
+  c.model.attention.neighbors = False
+
+
+def _no_crf_rnn(c):  # B5: no CRF-RNN layer; dense-CRF post-processing of p^S p^A instead
+  c.model.crf.enabled = False
+  c.train.seg_loss_on = 'cnn'
+  c.eval.dense_crf.enabled = True
+
+
+def _no_att_inference(c):  # B6: trained as the full method, no attention in the unary at test time
+  c.eval.attention = False
+
+
+def _head(name):
+  def apply(c):
+    c.model.aggregation = name
+  return apply
+
+
+ABLATIONS = {
+    'full': lambda c: None,
+    'no_att': _no_att,
+    'no_seg_loss': _no_seg_loss,
+    'no_att_unary': _no_att_unary,
+    'no_neighbor': _no_neighbor,
+    'no_crf_rnn': _no_crf_rnn,
+    'no_att_inference': _no_att_inference,
+    'gmp': _head('gmp'),
+    'gap': _head('gap'),
+    'lse': _head('lse'),
+    'fcl': _head('fcl'),
+}
+
+
+def get_config(name: str = 'full'):
+  if name not in ABLATIONS:
+    raise ValueError(f'unknown ablation {name!r}; choose one of {", ".join(ABLATIONS)}')
+  config = default.get_config()
+  ABLATIONS[name](config)
+  return config

@@ -1,0 +1,130 @@
+"""The full method (Fig. 1): Delta^S (Eq. 15), the fused training step, inference without tags."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import jax_utils
+
+from configs import ablation, tiny
+from wsss_jax import attention, data, losses, model, train_lib
+
+
+def _config():
+  config = tiny.get_config()
+  config.model.backbone.dropout_rate = 0.0
+  return config
+
+
+def test_segmentation_loss_matches_numpy_eq15():
+  rng = np.random.default_rng(0)
+  b, h, w, k = 2, 5, 6, 4
+  att = rng.dirichlet(np.ones(k), size=(b, h, w))
+  seg = rng.dirichlet(np.ones(k), size=(b, h, w))
+  seg[0, 0, 0] = [1.0, 0.0, 0.0, 0.0]  # exact 0 and 1 stay finite
+  tags = np.array([[1, 0, 1, 0], [1, 1, 1, 1]], np.float32)
+  ref = []
+  for n in range(b):
+    present = np.nonzero(tags[n])[0]
+    total = 0.0
+    for i in range(h * w):
+      for y in present:
+        a = att[n].reshape(-1, k)[i, y]
+        s = np.clip(seg[n].reshape(-1, k)[i, y], 1e-6, 1 - 1e-6)
+        total += a * np.log(s) + (1 - a) * np.log(1 - s)
+    ref.append(-total / (h * w * len(present)))
+  ours = losses.segmentation_loss(jnp.asarray(att, jnp.float32), jnp.asarray(seg, jnp.float32),
+                                  jnp.asarray(tags))
+  # rtol: float32 stores the clip bound 1 - 1e-6 as 1 - 1.013e-6 (image 0 holds an exact 1)
+  np.testing.assert_allclose(np.asarray(ours), ref, rtol=5e-4)
+  assert abs(float(ours[1]) - ref[1]) < 1e-5 * ref[1]
+
+
+@pytest.mark.parametrize('seg_loss_on', ['cnn', 'crf'])
+def test_full_step_on_two_devices_updates_every_group(seg_loss_on):
+  """Default (Delta^S on p^S): backbone and FCL move, mu gets no loss gradient and keeps its
+  Potts init (no weight decay on it); Delta^S on the CRF-RNN output also trains mu."""
+  assert jax.device_count() >= 2
+  config = _config()
+  config.train.warmup_steps = 0
+  config.train.seg_loss_on = seg_loss_on
+  config.train.batch_size = 4
+  state = train_lib.create_state(config, jax.random.key_data(jax.random.key(0)))
+  assert set(state.params) == {'backbone', 'fcl', 'crf'}
+  ds = data.make_dataset(config.data, 'train')
+  batch = next(data.train_batches(ds, global_batch=4, seed=0))
+  devices = jax.devices()[:2]
+  p = jax.pmap(lambda s, b, r: train_lib.train_step(s, b, r, config), axis_name=train_lib.AXIS,
+               devices=devices)
+  sharded = {k: v.reshape((2, 2) + v.shape[1:]) for k, v in batch.items()}
+  new, aux = p(jax_utils.replicate(state, devices=devices), sharded, jax.random.split(jax.random.key(1), 2))
+  aux = {k: float(v[0]) for k, v in aux.items()}
+  assert np.isfinite(aux['loss']) and aux['seg_loss'] > 0 and aux['cls_loss'] > 0
+  assert aux['loss'] == pytest.approx(aux['cls_loss'] + 1.5 * aux['seg_loss'], rel=1e-5)
+  new = jax.tree.map(lambda x: np.asarray(x)[0], new.params)
+  for group in ('backbone', 'fcl', 'crf'):
+    moved = max(float(np.max(np.abs(a - b))) for a, b in
+                zip(jax.tree.leaves(new[group]), jax.tree.leaves(state.params[group])))
+    if group == 'crf' and seg_loss_on == 'cnn':
+      assert moved == 0.0, 'mu moved without a loss reaching it'
+    else:
+      assert moved > 1e-7, f'{group} did not change'
+
+
+@pytest.mark.parametrize('which', ['single', 'all'])
+def test_loss_finite_with_one_tag_and_all_tags(which):
+  config = _config()
+  state = train_lib.create_state(config, jax.random.key_data(jax.random.key(0)))
+  ds = data.make_dataset(config.data, 'train')
+  batch = dict(next(data.train_batches(ds, global_batch=2, seed=0)))
+  c = config.data.num_classes
+  tags = np.zeros((2, c), np.float32)
+  if which == 'single':
+    tags[:, 2] = 1.0
+  else:
+    tags[:] = 1.0
+  batch['tags'] = tags
+  loss, aux = jax.jit(lambda p, b: train_lib.compute_loss(p, b, jax.random.key(0), config))(state.params, batch)
+  grads = jax.jit(jax.grad(lambda p, b: train_lib.compute_loss(p, b, jax.random.key(0), config)[0]))(
+      state.params, batch)
+  assert np.isfinite(float(loss)) and all(np.isfinite(float(v)) for v in aux.values())
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+def test_inference_without_confident_class_falls_back_to_background():
+  config = _config()
+  config.eval.class_threshold = 0.5
+  params = model.init_params(jax.random.key(0), config)
+  params['fcl']['b'] = params['fcl']['b'].at[1:].set(-50.0)  # no foreground class is predicted
+  ds = data.make_dataset(config.data, 'val')
+  images = np.stack([ds[i]['image'] for i in range(2)])
+  out, _ = model.bottom_up(params, images, config, train=False)
+  mask = model.predicted_classes(out['image_logits'], config.eval.class_threshold)
+  np.testing.assert_array_equal(np.asarray(mask), np.eye(1, config.data.num_classes + 1).repeat(2, 0))
+  pred = jax.jit(lambda p, x: model.infer(p, x, config))(params, images)
+  assert set(pred) == {'final', 'cnn', 'attention'}
+  np.testing.assert_array_equal(np.asarray(pred['final']), 0)
+  np.testing.assert_array_equal(np.asarray(pred['attention']), 0)
+  seg = jax.jit(lambda p, x, m: model.segment(p, x, config, m, train=False))(params, images, mask)
+  for key in ('attention', 'crf_probs', 'crf_logits', 'p_s'):
+    assert np.isfinite(np.asarray(seg[key])).all(), key
+
+
+def test_attention_max_classes_equals_all_classes():
+  """Walking only the (<= 4) selected classes gives the same p^A as walking all of them."""
+  config = _config()
+  params = model.init_params(jax.random.key(3), config)
+  ds = data.make_dataset(config.data, 'train')
+  images = np.stack([ds[i]['image'] for i in range(2)])
+  tags = model.tags_with_background(jnp.asarray(np.stack([ds[i]['tags'] for i in range(2)])))
+  _, acts = model.bottom_up(params, images, config, train=False)
+  bcfg = model.backbone_config(config)
+  run = lambda mc: jax.jit(lambda p, a, x, t: attention.attention_maps(
+      p['backbone'], a, bcfg, x, p['fcl']['w'], t, radius=2, qp_iters=30, max_classes=mc))(
+          params, acts, images, tags)
+  np.testing.assert_allclose(np.asarray(run(4)), np.asarray(run(None)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('name', sorted(ablation.ABLATIONS))
+def test_every_ablation_config_validates(name):
+  config = ablation.get_config(name)
+  train_lib.validate_config(config)
