@@ -155,7 +155,7 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
   p = excitation_backprop(params, activations, cfg, top, stop_at,
                           after_layer=lateral_map if neighbors else None)[stop_at]
   spatial = jnp.sum(p, -1)  # (B, T, h, w)
-  if t < k or max_classes is not None:
+  if t < k:
     spatial = jnp.einsum('bthw,btk->bkhw', spatial, jax.nn.one_hot(classes, k, dtype=spatial.dtype))
   up = jax.image.resize(jnp.moveaxis(spatial, 1, -1), (b,) + images.shape[1:3] + (k,), 'bilinear')
   up = jnp.maximum(up, 0.0) * class_mask[:, None, None, :].astype(up.dtype)

@@ -91,10 +91,6 @@ def _mean_field(unary, filters, weights, compat, iters):
 
 # ---------------------------------------------------------------- dense_crf
 
-DEFAULT_KERNELS = dict(gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=80.0,
-           bilateral_srgb=13.0, bilateral_compat=10.0)
-
-
 def _check_inputs(probs, image):
   if probs.ndim != 4 or image.ndim != 4 or probs.shape[:3] != image.shape[:3]:
     raise ValueError(

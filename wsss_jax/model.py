@@ -48,10 +48,9 @@ def preprocess(images: jax.Array) -> jax.Array:
 
 def forward(params: Mapping[str, Any], images: jax.Array, config: Mapping[str, Any], *,
             train: bool, rng: jax.Array | None = None) -> dict[str, jax.Array]:
-  """Pixel scores f (N, h, w, K) and image logits (N, K) for uint8 images."""
-  scores = backbone.apply(params['backbone'], preprocess(images), cfg=backbone_config(config),
-                          train=train, rng=rng)
-  return {'scores': scores, 'image_logits': image_logits(params, scores, config)}
+  """Pixel scores f (N, h, w, K) and image logits (N, K) (and p^S) for uint8 images: the
+  bottom-up pass without the activations (unused outputs cost nothing under jit)."""
+  return bottom_up(params, images, config, train=train, rng=rng)[0]
 
 
 def tags_with_background(tags: jax.Array) -> jax.Array:
@@ -151,7 +150,7 @@ def segment(params: Mapping[str, Any], images: jax.Array, config: Mapping[str, A
 
 def _multiscale_p_s(params, images, config, p_s):
   """p^S averaged over config.eval.scales and (with eval.flip) horizontal flips."""
-  views, total = [], 0.0
+  views = []
   h, w = images.shape[1:3]
   for scale in config['eval']['scales']:
     for flip in ((False, True) if config['eval']['flip'] else (False,)):
@@ -165,9 +164,7 @@ def _multiscale_p_s(params, images, config, p_s):
                               train=False)
       scores = scores[:, :, ::-1] if flip else scores
       views.append(jax.nn.softmax(upsample(scores, (h, w)), -1))
-  for v in views:
-    total = total + v
-  return total / len(views)
+  return sum(views) / len(views)
 
 
 def infer(params: Mapping[str, Any], images: jax.Array, config: Mapping[str, Any]) -> dict[str, jax.Array]:
