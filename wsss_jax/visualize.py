@@ -2,6 +2,7 @@
 VOC colour palette."""
 from __future__ import annotations
 
+import io
 import os
 from typing import Sequence
 
@@ -23,6 +24,29 @@ def voc_palette(n: int = 256) -> np.ndarray:
   return pal
 
 
+def encode_palette_png(label_map: np.ndarray) -> bytes:
+  """PNG bytes of an (H, W) label map in 0..255 as a VOC palette ('P') image (255 = ignore):
+  the format of VOC's SegmentationClass masks and of the evaluation server's submissions."""
+  a = np.asarray(label_map)
+  if a.ndim != 2:
+    raise ValueError(f'label map must be 2-D, got shape {a.shape}')
+  if a.size and (a.min() < 0 or a.max() > 255):
+    raise ValueError(f'label values must be in 0..255, got {a.min()}..{a.max()}')
+  img = Image.frombytes('P', (a.shape[1], a.shape[0]), np.ascontiguousarray(a, np.uint8).tobytes())
+  img.putpalette(voc_palette().tobytes())
+  buf = io.BytesIO()
+  img.save(buf, 'PNG')
+  return buf.getvalue()
+
+
+def save_label_png(path: str, label_map: np.ndarray) -> None:
+  """Write a label map as a VOC palette PNG (temporary file, then rename)."""
+  tmp = path + '.tmp.png'
+  with open(tmp, 'wb') as f:
+    f.write(encode_palette_png(label_map))
+  os.replace(tmp, path)
+
+
 def save_grid(path: str, rows: Sequence[Sequence[np.ndarray]], scale: int = 3) -> None:
   """Write rows of (uint8 image, label map, label map, ...) side by side; atomic replace."""
   if not rows:
@@ -30,6 +54,8 @@ def save_grid(path: str, rows: Sequence[Sequence[np.ndarray]], scale: int = 3) -
   pal = voc_palette()
   tiles = [np.concatenate([row[0]] + [pal[np.asarray(m, np.int64) % 256] for m in row[1:]], 1)
            for row in rows]
+  width = max(t.shape[1] for t in tiles)  # rows of images of different sizes: pad on the right
+  tiles = [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0))) for t in tiles]
   _save_png(path, np.concatenate(tiles, 0), scale)
 
 

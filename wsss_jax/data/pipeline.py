@@ -3,59 +3,144 @@
 The training stream is ``shuffle -> repeat -> batch(per-process batch)`` on a
 grain `MapDataset`; global step k is the process-batches [k*P, (k+1)*P) and
 process p reads batch k*P + p. Batch k can be recomputed from k alone, so a
-resumed run sees exactly the batches an uninterrupted one would.
+resumed run sees exactly the batches an uninterrupted one would. Optional
+per-example augmentation is a grain `random_map` between repeat and batch: its
+generator is seeded by (seed, position in the repeated stream), so it keeps
+that property (and differs between epochs).
+
+Datasets: 'synthetic' (embedded, see synthetic.py) and 'voc2012' (the TFDS
+build of voc.py, read from `data_dir`; variable-size images, so training needs
+`augment` and evaluation `pad_to`: see `train_augment` and `eval_pad_size`).
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import grain
 import numpy as np
 
+from wsss_jax.data import augment as augment_lib
+from wsss_jax.data.augment import DataError, TrainAugment
 from wsss_jax.data.synthetic import SyntheticWSSS
 
 IGNORE_LABEL = 255
 
 
+VOC_DEFAULTS = {'train_split': 'train_aug', 'crop_size': 321, 'scale_range': (0.5, 1.5),
+                'flip': True, 'eval_size': (512, 512)}
+
+
 def make_dataset(data_cfg: Mapping[str, Any], split: str):
-  """The random-access dataset named by `data_cfg.name` for `split`."""
+  """The random-access dataset named by `data_cfg.name` for `split`.
+
+  voc2012: split 'train' reads `data_cfg.train_split` (default 'train_aug', the
+  paper's training set); 'train_aug', 'val' and 'test' read that split. An
+  unbuilt dataset is a voc.DatasetError carrying the build command.
+  """
   name = data_cfg['name']
   if name == 'synthetic':
     sizes = {'train': data_cfg['train_size'], 'val': data_cfg['val_size'], 'test': data_cfg['test_size']}
     if split not in sizes:
-      raise ValueError(f'unknown split {split!r}; synthetic data has {sorted(sizes)}')
+      raise DataError(f'unknown split {split!r}; synthetic data has {sorted(sizes)}')
     return SyntheticWSSS(split, sizes[split], image_size=data_cfg['image_size'],
                          num_classes=data_cfg['num_classes'], seed=data_cfg['seed'],
                          **dict(data_cfg.get('generator', {})))
-  raise ValueError(f'config.data.name must be "synthetic", got {name!r}')
+  if name == 'voc2012':
+    from wsss_jax.data import voc  # pylint: disable=import-outside-toplevel  (imports tfds)
+    if split == 'train':
+      split = data_cfg.get('train_split') or VOC_DEFAULTS['train_split']
+    return voc.load(data_cfg.get('data_dir'), split, manual_dir=data_cfg.get('manual_dir'))
+  raise DataError(f'config.data.name must be "synthetic" or "voc2012", got {name!r}')
+
+
+def train_augment(data_cfg: Mapping[str, Any]) -> TrainAugment | None:
+  """The training augmentation the data config asks for: for voc2012 always (its images vary
+  in size), with VOC_DEFAULTS for unset keys; for synthetic only if it sets `crop_size`."""
+  if data_cfg['name'] != 'voc2012' and not data_cfg.get('crop_size'):
+    return None
+  cfg = {k: data_cfg.get(k) if data_cfg.get(k) not in (None, 0, '') else VOC_DEFAULTS[k]
+         for k in ('crop_size', 'scale_range', 'flip')}
+  return TrainAugment.from_config(cfg)
+
+
+def eval_pad_size(data_cfg: Mapping[str, Any]) -> tuple[int, int] | None:
+  """The fixed (H, W) eval batches are padded to: `eval_size` for voc2012 (default 512x512,
+  VOC images are at most 500x500), None (fixed-size images, no padding) for synthetic."""
+  size = data_cfg.get('eval_size') or None  # 0: no padding
+  if size is None:
+    size = VOC_DEFAULTS['eval_size'] if data_cfg['name'] == 'voc2012' else None
+  if size is None:
+    return None
+  return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
 
 
 def train_batches(dataset, *, global_batch: int, seed: int, start_step: int = 0,
-                  process_index: int = 0, process_count: int = 1,
-                  num_threads: int = 2) -> Iterator[dict[str, np.ndarray]]:
-  """Endless iterator over this process's share of the global batches, from `start_step`."""
+                  process_index: int = 0, process_count: int = 1, num_threads: int = 2,
+                  augment: Callable[[dict, np.random.Generator], dict] | Mapping[str, Any] | None = None
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """Endless iterator over this process's share of the global batches, from `start_step`.
+
+  `augment`: None, a callable `(example, rng) -> example`, or a mapping of
+  TrainAugment settings (crop_size, scale_range, flip), applied per example
+  before batching with a generator that depends only on (seed, stream position).
+  """
   if global_batch % process_count:
     raise ValueError(f'global batch {global_batch} is not divisible by {process_count} processes')
   local = global_batch // process_count
-  ds = (grain.MapDataset.source(dataset).seed(seed).shuffle().repeat()
-        .batch(local, drop_remainder=True))
+  ds = grain.MapDataset.source(dataset).seed(seed).shuffle().repeat()
+  if augment is not None:
+    ds = ds.random_map(augment if callable(augment) else TrainAugment.from_config(augment))
+  ds = ds.batch(local, drop_remainder=True)
   ds = ds[start_step * process_count + process_index::process_count]
   opts = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * max(num_threads, 1))
   return iter(ds.to_iter_dataset(opts))
 
 
 def eval_batches(dataset, batch_size: int, *, process_index: int = 0,
-                 process_count: int = 1, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """One pass over `dataset` in fixed-size batches; the last one is padded with
-  ignored pixels (mask = 255, tags = 0) and 'valid' = 0, so it adds nothing to metrics."""
+                 process_count: int = 1, limit: int | None = None,
+                 pad_to: tuple[int, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over `dataset` in global batches of `batch_size`; this process yields its
+  contiguous 1/process_count slice of each, so every process yields the same number of
+  batches (collectives in the eval step never wait for a process that has run out). Slots
+  past the end are filler: ignored pixels (mask = 255, tags = 0) and 'valid' = 0, so they
+  add nothing to metrics.
+
+  With `pad_to` = (H, W), variable-size images are padded bottom/right to (H, W)
+  (mean colour, mask 255) and the batch gains 'size' int32 (B, 2), the original
+  (h, w) (0 for filler), and 'index' int32 (B,), the example index (-1 for filler).
+  """
+  if batch_size % process_count:
+    raise ValueError(f'eval batch {batch_size} is not divisible by {process_count} processes')
   n = len(dataset) if limit is None else min(limit, len(dataset))
-  idx = np.arange(process_index, n, process_count)
-  for start in range(0, len(idx), batch_size):
-    chunk = [dataset[int(i)] for i in idx[start:start + batch_size]]
-    pad = batch_size - len(chunk)
-    batch = {k: np.stack([ex[k] for ex in chunk]) for k in ('image', 'tags', 'mask')}
-    batch['valid'] = np.ones(len(chunk), np.int32)
-    if pad:
-      batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
-      batch['mask'][len(chunk):] = IGNORE_LABEL
+  local = batch_size // process_count
+  keys = ('image', 'tags', 'mask') + (('size',) if pad_to is not None else ())
+  for start in range(0, n, batch_size):
+    first = start + process_index * local
+    chunk_idx = np.arange(min(first, n), min(first + local, n))
+    chunk = [dataset[int(i)] for i in chunk_idx]
+    if pad_to is not None:
+      chunk = [_pad_example(dataset, ex, int(i), pad_to) for ex, i in zip(chunk, chunk_idx)]
+    like = chunk[0] if chunk else _filler(dataset, pad_to)
+    batch = {k: np.zeros((local,) + np.shape(like[k]), np.asarray(like[k]).dtype) for k in keys}
+    for j, ex in enumerate(chunk):
+      for k in keys:
+        batch[k][j] = ex[k]
+    batch['mask'][len(chunk):] = IGNORE_LABEL
+    batch['valid'] = (np.arange(local) < len(chunk)).astype(np.int32)
+    if pad_to is not None:
+      batch['index'] = np.concatenate([chunk_idx, np.full(local - len(chunk), -1)]).astype(np.int32)
     yield batch
+
+
+def _filler(dataset, pad_to):
+  """An example with the dataset's shapes, for a process whose slice of the last batch is empty."""
+  ex = dataset[0]
+  return augment_lib.pad_to(ex, pad_to) if pad_to is not None else ex
+
+
+def _pad_example(dataset, example, index: int, size) -> dict[str, np.ndarray]:
+  try:
+    return augment_lib.pad_to(example, size)
+  except ValueError as e:
+    name = f' ({dataset.name(index)})' if hasattr(dataset, 'name') else ''
+    raise DataError(f'example {index}{name}: {e}') from e
