@@ -10,7 +10,7 @@ import sys
 
 from absl import app, flags, logging
 
-from wsss_jax import cli, train_lib
+from wsss_jax import cli, data, train_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', 'runs/default', 'A workdir written by train.py.')
@@ -27,6 +27,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+  cli.initialize_distributed()
   try:
     overrides = {'attention': FLAGS.attention, 'dense_crf.enabled': FLAGS.dense_crf,
                  'scales': tuple(float(x) for x in FLAGS.scales) if FLAGS.scales else None,
@@ -34,7 +35,7 @@ def main(argv):
                  'tune_threshold': False if FLAGS.class_threshold is not None else None}
     train_lib.evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.step,
                                {k: v for k, v in overrides.items() if v is not None})
-  except train_lib.ConfigError as e:
+  except (train_lib.RunError, data.DataError) as e:
     sys.exit(f'error: {e}')
 
 

@@ -8,6 +8,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.init_weights = ''  # ImageNet VGG-16 file for conv1_1..fc7 (wsss_jax/weights.py); '' = random
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'synthetic'
@@ -19,6 +20,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.seed = 0
   config.data.generator = ml_collections.ConfigDict()  # extra SyntheticWSSS knobs
   config.data.num_threads = 1
+  # Real data (configs/voc12_largefov.py): TFDS data dir, raw VOCdevkit/SBD dir, training split,
+  # augmentation (crop, random scale, flip; crop_size 0 = none) and the eval padding size (0 = none).
+  config.data.data_dir = ''
+  config.data.manual_dir = ''
+  config.data.train_split = 'train'
+  config.data.crop_size = 0
+  config.data.scale_range = (1.0, 1.0)
+  config.data.flip = False
+  config.data.eval_size = 0
 
   config.model = ml_collections.ConfigDict()
   config.model.backbone = ml_collections.ConfigDict()
@@ -78,6 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.keep_checkpoints = 2
   config.train.log_every = 50
   config.train.progress_bar = True
+  config.train.nonfinite = 'skip'            # non-finite loss/gradient: skip the update (counted in
+                                             # metrics.jsonl as nonfinite_steps) | stop with an error
 
   config.eval = ml_collections.ConfigDict()
   config.eval.split = 'val'

@@ -7,6 +7,8 @@ in the ground truth or the prediction. Label 255 marks ignored pixels.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,12 +44,16 @@ def mean_iou(conf: np.ndarray) -> float:
   return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float('nan')
 
 
-def format_iou_table(conf: np.ndarray, class_names: list[str], title: str = 'method') -> str:
-  """Per-class IoU (%) in the layout of the paper's Table 2: one row, classes as columns, mIoU last."""
+def format_iou_table(conf: np.ndarray, class_names: list[str], title: str = 'method',
+                     reference: tuple[str, Sequence[float]] | None = None) -> str:
+  """Per-class IoU (%) in the layout of the paper's Table 2: one row, classes as columns, mIoU
+  last; `reference` = (title, IoUs in % with the mean last) adds a row to compare with."""
   iou = iou_per_class(conf)
   names = [n[:6] for n in class_names] + ['mIoU']
   vals = [f'{100 * v:.1f}' if not np.isnan(v) else '-' for v in iou] + [f'{100 * mean_iou(conf):.1f}']
   width = max(6, *(len(n) for n in names))
-  head = f'{"":<14}' + ''.join(f'{n:>{width + 1}}' for n in names)
-  row = f'{title[:14]:<14}' + ''.join(f'{v:>{width + 1}}' for v in vals)
-  return head + '\n' + row
+  row = lambda t, vs: f'{t[:14]:<14}' + ''.join(f'{v:>{width + 1}}' for v in vs)
+  lines = [row('', names), row(title, vals)]
+  if reference is not None:
+    lines.append(row(reference[0], [f'{v:.1f}' for v in reference[1]]))
+  return '\n'.join(lines)

@@ -12,12 +12,13 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from wsss_jax import aggregation, attention, backbone, crf
 
 # ImageNet RGB mean and std on the 0..255 scale.
-PIXEL_MEAN = jnp.array([123.68, 116.78, 103.94], jnp.float32)
-PIXEL_STD = jnp.array([58.4, 57.1, 57.4], jnp.float32)
+PIXEL_MEAN = np.array([123.68, 116.78, 103.94], np.float32)  # numpy: no JAX backend at import
+PIXEL_STD = np.array([58.4, 57.1, 57.4], np.float32)
 
 
 def backbone_config(config: Mapping[str, Any]) -> backbone.BackboneConfig:
@@ -80,9 +81,12 @@ def crf_kernels(config: Mapping[str, Any]) -> tuple[crf.Kernel, ...]:
 def attention_map(params, activations, images, class_mask, config) -> jax.Array:
   """p^A (B, H, W, K) for the classes in class_mask, from one forward pass's activations."""
   a = config['model']['attention']
+  fcl_w = params.get('fcl', {}).get('w')
+  grid = activations['fc8'].shape[1:3]
+  if fcl_w is not None and fcl_w.shape[:2] != grid:  # inference on a larger image (see image_logits)
+    fcl_w = jax.image.resize(fcl_w, grid + fcl_w.shape[2:], 'linear')
   return attention.attention_maps(
-      params['backbone'], activations, backbone_config(config), images,
-      params.get('fcl', {}).get('w'), class_mask, neighbors=a['neighbors'], lateral=a['lateral'],
+      params['backbone'], activations, backbone_config(config), images, fcl_w, class_mask, neighbors=a['neighbors'], lateral=a['lateral'],
       eps=a['eps'], radius=a['radius'], qp_tol=a['qp_tol'], qp_iters=a['qp_iters'],
       stop_at=a['stop_at'], max_classes=a['max_classes'] or None, background=a['background'],
       bg_power=a['bg_power'])
@@ -92,6 +96,10 @@ def image_logits(params: Mapping[str, Any], scores: jax.Array, config: Mapping[s
   """The aggregation head on score maps (B, h, w, K) -> image logits (B, K)."""
   m = config['model']
   agg_in = jax.nn.log_softmax(scores, -1) if m['aggregate_input'] == 'log_softmax' else scores
+  if m['aggregation'] == 'fcl' and agg_in.shape[1:3] != params['fcl']['w'].shape[:2]:
+    # The FCL has a weight per position of the training crop's score grid; a larger image
+    # at inference (VOC val at full size) is classified from its scores resized to that grid.
+    agg_in = downsample(agg_in, params['fcl']['w'].shape[:2])
   return aggregation.aggregate(m['aggregation'], params.get('fcl'), agg_in, m['lse_r'])
 
 

@@ -8,10 +8,14 @@ per-device batch B/D take the same step as one device with batch B.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+import signal
+import threading
 import time
+import warnings
 from typing import Any, Mapping
 
 import jax
@@ -22,16 +26,31 @@ import optax
 import orbax.checkpoint as ocp
 from flax import jax_utils
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from wsss_jax import aggregation, backbone, data, losses, metrics, model, visualize
+from wsss_jax import aggregation, backbone, data, losses, metrics, model, visualize, weights
 
 AXIS = 'batch'
 MODES = ('weak', 'fully_supervised')
+NONFINITE = ('skip', 'stop')
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: train.py's status after a preemption save (rerun to resume)
 
 
-class ConfigError(ValueError):
-  """A config or workdir problem, reported to the user as one line."""
+class RunError(ValueError):
+  """A problem the user can act on, reported by train.py / eval.py as one line."""
+
+
+class ConfigError(RunError):
+  """A config or workdir problem."""
+
+
+class CheckpointError(RunError):
+  """A checkpoint could not be written or read."""
+
+
+class NonFiniteError(RunError):
+  """Training met a non-finite loss or gradient with config.train.nonfinite = 'stop'."""
 
 
 class TrainState(train_state.TrainState):
@@ -45,9 +64,11 @@ class TrainState(train_state.TrainState):
 # Every key a config may hold; a key outside this tree is a typo and is refused.
 SCHEMA = {
     'seed': None,
+    'init_weights': None,
     'data': {'name': None, 'image_size': None, 'num_classes': None, 'train_size': None,
              'val_size': None, 'test_size': None, 'seed': None, 'generator': '*',
-             'num_threads': None},
+             'num_threads': None, 'data_dir': None, 'manual_dir': None, 'train_split': None,
+             'crop_size': None, 'scale_range': None, 'flip': None, 'eval_size': None},
     'model': {'backbone': {'width': None, 'depth': None, 'fc_features': None,
                            'fc6_dilation': None, 'dropout_rate': None},
               'aggregation': None, 'lse_r': None, 'aggregate_input': None, 'cls_from': None,
@@ -61,7 +82,7 @@ SCHEMA = {
     'train': {'mode': None, 'warmup_steps': None, 'seg_loss_weight': None, 'seg_loss_on': None, 'optimizer': None, 'batch_size': None, 'num_steps': None, 'learning_rate': None,
               'momentum': None, 'weight_decay': None, 'lr_decay_every': None,
               'lr_decay_factor': None, 'checkpoint_every': None, 'keep_checkpoints': None,
-              'log_every': None, 'progress_bar': None},
+              'log_every': None, 'progress_bar': None, 'nonfinite': None},
     'eval': {'batch_size': None, 'split': None, 'num_examples': None, 'num_images': None,
              'attention': None, 'class_threshold': None, 'tune_threshold': None, 'scales': None,
              'flip': None,
@@ -91,6 +112,8 @@ def validate_config(config: Mapping[str, Any]) -> None:
   t, m = config['train'], config['model']
   if t['mode'] not in MODES:
     raise ConfigError(f'config.train.mode must be one of {MODES}, got {t["mode"]!r}')
+  if t['nonfinite'] not in NONFINITE:
+    raise ConfigError(f'config.train.nonfinite must be one of {NONFINITE}, got {t["nonfinite"]!r}')
   if t['optimizer'] not in ('sgd', 'adam'):
     raise ConfigError(f'config.train.optimizer must be sgd|adam, got {t["optimizer"]!r}')
   if m['aggregation'] not in aggregation.HEADS:
@@ -116,7 +139,8 @@ def validate_config(config: Mapping[str, Any]) -> None:
   n_dev = jax.device_count()
   if t['batch_size'] % n_dev or config['eval']['batch_size'] % n_dev:
     raise ConfigError(f'config.train.batch_size ({t["batch_size"]}) and config.eval.batch_size '
-                      f'({config["eval"]["batch_size"]}) must be divisible by the {n_dev} devices')
+                      f'({config["eval"]["batch_size"]}) must be divisible by the {n_dev} devices'
+                      + (f' of {jax.process_count()} processes' if jax.process_count() > 1 else ''))
 
 
 def check_workdir(workdir: str) -> None:
@@ -220,12 +244,25 @@ def warmup_config(config):
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, config):
-  """One SGD step on this device's shard; gradients are averaged across the pmap axis."""
+  """One SGD step on this device's shard; gradients are averaged across the pmap axis.
+
+  A step whose loss or averaged gradient is not finite leaves the parameters and the
+  optimizer state as they were (the step counter still advances, so data and RNG stay
+  aligned with the step number); aux['nonfinite'] is 1 for it.
+  """
   grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
   (_, aux), grads = grad_fn(state.params, batch, rng, config)
   grads = jax.lax.pmean(grads, AXIS)
   aux = jax.lax.pmean(aux, AXIS)
-  return state.apply_gradients(grads=grads), aux
+  finite = jnp.isfinite(aux['loss'])
+  for g in jax.tree.leaves(grads):
+    finite &= jnp.all(jnp.isfinite(g))
+  new = state.apply_gradients(grads=grads)
+  keep = lambda n, o: jnp.where(finite, n, o)
+  new = new.replace(params=jax.tree.map(keep, new.params, state.params),
+                    opt_state=jax.tree.map(keep, new.opt_state, state.opt_state))
+  aux['nonfinite'] = 1.0 - finite.astype(jnp.float32)
+  return new, aux
 
 
 def eval_step(params, batch, config):
@@ -252,39 +289,112 @@ def step_rngs(base: jax.Array, step: int) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 # Checkpoints.
 
-def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  opts = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')), options=opts,
-                               item_handlers=ocp.StandardCheckpointHandler())
+def checkpoint_manager(workdir: str, config, *, read_only: bool = False) -> ocp.CheckpointManager:
+  """Orbax manager of workdir/checkpoints. Orbax writes each step into a temporary
+  directory and renames it when complete, so a run killed mid-save leaves the previous
+  checkpoints intact; the next training run removes the unfinished temporary directory.
+  `read_only` (evaluation) creates, cleans and deletes nothing."""
+  path = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  if read_only and not os.path.isdir(path):
+    raise ConfigError(f'no checkpoint in {path}')
+  opts = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=not read_only,
+                                      cleanup_tmp_directories=not read_only, read_only=read_only)
+  return ocp.CheckpointManager(path, options=opts, item_handlers=ocp.StandardCheckpointHandler())
 
 
-def restore_state(mngr: ocp.CheckpointManager, template: TrainState, step: int | None = None) -> TrainState:
-  """Restore the latest (or given) checkpoint into `template`'s structure.
+class _Unreadable(Exception):
+  """Orbax could not read a checkpoint's files (truncated, corrupted, half-written)."""
 
-  The stored parameter shapes are compared with the configured model first
-  (from metadata, without reading arrays), so a checkpoint of another
-  architecture gives one clear error instead of an orbax traceback.
-  """
-  step = mngr.latest_step() if step is None else step
-  if step is None or step not in mngr.all_steps():
-    raise ConfigError(f'no checkpoint{"" if step is None else f" for step {step}"} in {mngr.directory}')
+
+def _restore_step(mngr: ocp.CheckpointManager, template: TrainState, step: int) -> TrainState:
+  """Restore one step. ConfigError: the checkpoint is intact but of another model or
+  optimizer; _Unreadable: orbax failed to read it (only orbax's own reads count, so a bug
+  here can never get a good checkpoint moved aside)."""
   where = f'checkpoint step {step} in {mngr.directory}'
-  meta = mngr.item_metadata(step)
+  try:
+    meta = mngr.item_metadata(step)
+  except Exception as e:  # orbax/tensorstore raise many types for unreadable files
+    raise _Unreadable(f'{type(e).__name__}: {e}') from e
   tree = getattr(meta, 'tree', meta)
   if not isinstance(tree, Mapping) or 'params' not in tree:
-    raise ConfigError(f'{where} does not hold a wsss-jax TrainState')
+    raise _Unreadable(f'its metadata does not describe a wsss-jax TrainState ({type(tree).__name__})')
   stored = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, jnp.float32), tree['params'])
   try:
     backbone.check_params(stored, template.params, where)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  return mngr.restore(step, args=ocp.args.StandardRestore(template))
+  shapes = lambda t: sorted(tuple(np.shape(x)) for x in jax.tree.leaves(t))
+  if shapes(tree) != shapes(template):
+    raise ConfigError(f'{where} holds the same model but another optimizer state (was '
+                      'config.train.optimizer changed?); use a new --workdir')
+  try:
+    return mngr.restore(step, args=ocp.args.StandardRestore(template))
+  except Exception as e:
+    raise _Unreadable(f'{type(e).__name__}: {e}') from e
+
+
+def restore_state(mngr: ocp.CheckpointManager, template: TrainState, step: int | None = None, *,
+                  quarantine: bool = False) -> TrainState:
+  """Restore the latest (or given) checkpoint into `template`'s structure.
+
+  The stored shapes are compared with the configured model first (from metadata,
+  without reading arrays), so a checkpoint of another architecture gives one clear
+  error. Without an explicit `step`, a checkpoint orbax cannot read (truncated,
+  corrupted) is skipped with a warning in favour of the previous one; with
+  `quarantine` (training) it is moved to checkpoints.corrupt/ next to the checkpoints,
+  never deleted, so the resumed run can save that step again.
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if step is not None:
+    if step not in steps:
+      raise ConfigError(f'no checkpoint for step {step} in {mngr.directory} (have {sorted(steps)})')
+    try:
+      return _restore_step(mngr, template, step)
+    except _Unreadable as e:
+      raise CheckpointError(f'checkpoint step {step} in {mngr.directory} is unreadable ({e})') from None
+  if not steps:
+    raise ConfigError(f'no checkpoint in {mngr.directory}')
+  for s in steps:
+    try:
+      return _restore_step(mngr, template, s)
+    except _Unreadable as e:
+      msg = f'checkpoint step {s} in {mngr.directory} is unreadable ({str(e)[:300]})'
+      if quarantine:
+        dest = os.path.join(os.path.dirname(str(mngr.directory)), 'checkpoints.corrupt',
+                            f'{s}-{time.strftime("%Y%m%d-%H%M%S")}')
+        if jax.process_index() == 0:
+          os.makedirs(os.path.dirname(dest), exist_ok=True)
+          os.replace(os.path.join(str(mngr.directory), str(s)), dest)
+        if jax.process_count() > 1:
+          multihost_utils.sync_global_devices(f'quarantine checkpoint {s}')
+        mngr.reload()
+        msg += f'; moved to {dest}'
+      warnings.warn(f'{msg}; falling back to an earlier checkpoint', RuntimeWarning, stacklevel=2)
+      print(f'warning: {msg}')
+  raise CheckpointError(f'no readable checkpoint in {mngr.directory} (tried steps {steps})')
 
 
 def save_state(mngr: ocp.CheckpointManager, state: TrainState) -> None:
+  """Save `state` (asynchronously) unless its step is saved already. Refuses non-finite
+  parameters; a failed write (disk full, permissions) is a CheckpointError naming the path."""
   step = int(state.step)
-  if step not in mngr.all_steps():
+  if step in mngr.all_steps():
+    return
+  state = jax.device_get(state)
+  if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params)):
+    raise NonFiniteError(f'refusing to save non-finite parameters at step {step}')
+  try:
     mngr.save(step, args=ocp.args.StandardSave(state))
+  except OSError as e:
+    raise CheckpointError(f'cannot write checkpoint step {step} to {mngr.directory}: {e}') from None
+
+
+def finish_saves(mngr: ocp.CheckpointManager) -> None:
+  """Wait for pending asynchronous saves; a failed one is a CheckpointError."""
+  try:
+    mngr.wait_until_finished()
+  except OSError as e:
+    raise CheckpointError(f'cannot write a checkpoint to {mngr.directory}: {e}') from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,12 +402,70 @@ def save_state(mngr: ocp.CheckpointManager, state: TrainState) -> None:
 
 def _log_metrics(workdir: str, record: Mapping[str, Any]) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    path = os.path.join(workdir, 'metrics.jsonl')
+    try:
+      with open(path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+    except OSError as e:
+      raise CheckpointError(f'cannot write {path}: {e}') from None
+
+
+class PreemptionGuard:
+  """Turns the first SIGTERM / SIGINT into a request to save and stop at a step boundary
+  (a second SIGINT interrupts at once). Handlers are only installed in the main thread."""
+
+  def __init__(self):
+    self.signal: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def _handle(self, signum, frame):
+    if self.signal is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal = signum
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    return False
+
+
+def _window_summary(window: list[tuple[int, dict[str, Any]]]) -> tuple[dict[str, float], list]:
+  """Mean of each metric over the finite steps of a logging window, and the non-finite
+  steps as (step, metrics) pairs."""
+  host = jax.device_get([aux for _, aux in window])
+  rows = [{k: float(v[0]) for k, v in aux.items()} for aux in host]
+  bad = [(step, row) for (step, _), row in zip(window, rows) if row['nonfinite']]
+  good = [row for row in rows if not row['nonfinite']] or rows
+  means = {k: float(np.mean([row[k] for row in good])) for k in rows[0] if k != 'nonfinite'}
+  means['nonfinite_steps'] = float(len(bad))
+  return means, bad
+
+
+@contextlib.contextmanager
+def _finish_saves_on_error(mngr: ocp.CheckpointManager):
+  """Let saves already under way complete when the loop fails, then re-raise."""
+  try:
+    yield
+  except BaseException:
+    with contextlib.suppress(Exception):
+      mngr.wait_until_finished()
+    raise
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Train per `config` in `workdir` (resuming from its latest checkpoint), then evaluate on val."""
+  """Train per `config` in `workdir` (resuming from its latest checkpoint), then evaluate on val.
+
+  SIGTERM / SIGINT save a checkpoint at the current step and return {'preempted': True,
+  'step': N} (train.py then exits with PREEMPTED_EXIT_CODE); rerunning resumes exactly: the
+  batches and dropout keys are functions of the step. All processes of a multi-process run
+  agree on the stopping step through a flag summed inside the pmapped step.
+  """
   validate_config(config)
   check_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -313,46 +481,95 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = create_state(config, jax.random.key_data(jax.random.key(config.seed)))
   mngr = checkpoint_manager(workdir, config)
   if mngr.latest_step() is not None:
-    state = restore_state(mngr, state)
+    state = restore_state(mngr, state, quarantine=True)
     print(f'resumed from step {int(state.step)} in {workdir}')
+  elif config.init_weights:
+    try:  # ImageNet VGG-16 for conv1_1..fc7 (Sec. 7); fc8, FCL and CRF keep their init
+      state = state.replace(params=dict(
+          state.params, backbone=weights.init_backbone(state.params['backbone'], config.init_weights)))
+    except weights.WeightsError as e:
+      raise ConfigError(str(e)) from None
+    print(f'initialised conv1_1..fc7 from {config.init_weights}')
   start = int(state.step)
   num_steps = config.train.num_steps
 
   train_ds = data.make_dataset(config.data, 'train')
+  local_batch = config.train.batch_size // jax.process_count()
+  if len(train_ds) < local_batch:
+    raise ConfigError(f'the train split of data "{config.data.name}" has {len(train_ds)} examples, '
+                      f'fewer than one batch of {local_batch} per process')
+  eval_size = len(data.make_dataset(config.data, config.eval.split))
+  if not eval_size:  # found before training, not after it
+    raise ConfigError(f'the {config.eval.split} split of data "{config.data.name}" has no examples '
+                      '(config.eval.split)')
   batches = data.train_batches(train_ds, global_batch=config.train.batch_size, seed=config.seed,
                                start_step=start, process_index=jax.process_index(),
                                process_count=jax.process_count(),
-                               num_threads=config.data.num_threads)
-  p_train = jax.pmap(lambda s, b, r: train_step(s, b, r, config), axis_name=AXIS, donate_argnums=(0,))
-  warm_config = warmup_config(config)
-  p_warm = jax.pmap(lambda s, b, r: train_step(s, b, r, warm_config), axis_name=AXIS,
-                    donate_argnums=(0,))
+                               num_threads=config.data.num_threads,
+                               augment=data.train_augment(config.data))
+
+  def stepper(cfg):
+    def step_fn(s, b, r, stop):
+      new, aux = train_step(s, b, r, cfg)
+      return new, aux, jax.lax.psum(stop, AXIS)
+    return jax.pmap(step_fn, axis_name=AXIS, donate_argnums=(0,))
+  p_train, p_warm = stepper(config), stepper(warmup_config(config))
   base_rng = state.rng
   rstate = jax_utils.replicate(state)
   del state
 
   bar = tqdm(total=num_steps, initial=start, disable=not config.train.progress_bar or jax.process_index() != 0,
              unit='step', dynamic_ncols=True)
-  t_window, n_window, aux = time.perf_counter(), 0, None
-  for step in range(start, num_steps):
-    batch = shard(next(batches))
-    step_fn = p_warm if step < config.train.warmup_steps else p_train
-    rstate, aux = step_fn(rstate, batch, step_rngs(base_rng, step))
-    n_window += 1
-    done = step + 1
-    if done % config.train.log_every == 0 or done == num_steps:
-      scalars = {k: float(v[0]) for k, v in jax.device_get(aux).items()}
-      dt = time.perf_counter() - t_window
-      ips = n_window * config.train.batch_size / dt
-      scalars.update(step=done, lr=float(learning_rate_schedule(config)(step)), images_per_sec=ips)
-      _log_metrics(workdir, scalars)
-      bar.set_postfix(loss=f'{scalars["loss"]:.4f}', img_s=f'{ips:.0f}')
-      t_window, n_window = time.perf_counter(), 0
-    bar.update(1)
-    if done % config.train.checkpoint_every == 0 or done == num_steps:
-      save_state(mngr, jax_utils.unreplicate(rstate))
+  t_window, window, pending_stop, done = time.perf_counter(), [], None, start
+
+  def flush_window():
+    """Log the window's metrics; with nonfinite='stop', stop at a non-finite step."""
+    nonlocal t_window, window
+    if not window:
+      return
+    scalars, bad = _window_summary(window)
+    dt = time.perf_counter() - t_window
+    ips = len(window) * config.train.batch_size / dt
+    step = window[-1][0]
+    scalars.update(step=step, lr=float(learning_rate_schedule(config)(step - 1)), images_per_sec=ips)
+    _log_metrics(workdir, scalars)
+    bar.set_postfix(loss=f'{scalars["loss"]:.4f}', img_s=f'{ips:.0f}')
+    t_window, window = time.perf_counter(), []
+    if bad:
+      first, row = bad[0]
+      terms = ', '.join(f'{k}={v:.4g}' for k, v in row.items() if k != 'nonfinite')
+      if config.train.nonfinite == 'stop':
+        raise NonFiniteError(f'non-finite loss or gradient at step {first} ({terms}); its update was '
+                             f'not applied and no checkpoint after step {first - 1} was written')
+      print(f'warning: skipped {len(bad)} non-finite step(s) up to step {step}, first {first} ({terms})')
+
+  with PreemptionGuard() as guard, _finish_saves_on_error(mngr):
+    for step in range(start, num_steps):
+      batch = shard(next(batches))
+      step_fn = p_warm if step < config.train.warmup_steps else p_train
+      stop = np.full((jax.local_device_count(),), guard.signal is not None, np.int32)
+      rstate, aux, stop_all = step_fn(rstate, batch, step_rngs(base_rng, step), stop)
+      done = step + 1
+      window.append((done, aux))
+      bar.update(1)
+      if done % config.train.log_every == 0 or done == num_steps:
+        flush_window()
+      if done % config.train.checkpoint_every == 0 or done == num_steps:
+        flush_window()
+        save_state(mngr, jax_utils.unreplicate(rstate))
+      # The previous step's summed flag (already computed: reading it does not stall the queue).
+      if pending_stop is not None and int(pending_stop[0]):
+        break
+      pending_stop = stop_all
   bar.close()
-  mngr.wait_until_finished()
+  if done < num_steps:
+    flush_window()
+    save_state(mngr, jax_utils.unreplicate(rstate))
+    finish_saves(mngr)
+    mngr.close()
+    print(f'preempted: saved a checkpoint at step {done} in {workdir}; rerun the same command to resume')
+    return {'preempted': True, 'step': done}
+  finish_saves(mngr)
   params = jax_utils.unreplicate(rstate).params
   result = evaluate(params, config, config.eval.split, workdir=workdir,
                     step=num_steps)
@@ -369,15 +586,17 @@ def tune_class_threshold(params, config, split: str = 'val') -> tuple[float, flo
   p_scores = jax.pmap(lambda p, x: jax.nn.sigmoid(model.forward(p, x, config, train=False)['image_logits'][:, 1:]),
                       axis_name=AXIS)
   rparams = jax_utils.replicate(params)
-  scores, tags = [], []
-  for batch in data.eval_batches(ds, config.eval.batch_size, process_index=jax.process_index(),
-                                 process_count=jax.process_count(),
-                                 limit=config.eval.num_examples or None):
+  scores, tags, valid = [], [], []
+  for batch in _eval_stream(ds, config, config.eval.num_examples or None):
     s = np.asarray(p_scores(rparams, shard({'image': batch['image']})['image']))
-    keep = batch['valid'] > 0
-    scores.append(s.reshape(len(keep), -1)[keep])
-    tags.append(batch['tags'][keep] > 0)
-  scores, tags = np.concatenate(scores), np.concatenate(tags)
+    scores.append(s.reshape(len(batch['valid']), -1))
+    tags.append(batch['tags'] > 0)
+    valid.append(batch['valid'] > 0)
+  scores, tags, valid = np.concatenate(scores), np.concatenate(tags), np.concatenate(valid)
+  if jax.process_count() > 1:  # every process picks the same threshold from all of the split
+    scores, tags, valid = (np.asarray(multihost_utils.process_allgather(x)).reshape((-1,) + x.shape[1:])
+                           for x in (scores, tags, valid))
+  scores, tags = scores[valid], tags[valid]
   best = (0.5, -1.0)
   for t in np.arange(0.05, 0.951, 0.05):
     pred = scores > t
@@ -388,10 +607,29 @@ def tune_class_threshold(params, config, split: str = 'val') -> tuple[float, flo
   return best
 
 
+def _eval_stream(ds, config, limit):
+  """This process's share of the eval batches (padded to data.eval_size for variable-size images)."""
+  return data.eval_batches(ds, config.eval.batch_size, process_index=jax.process_index(),
+                           process_count=jax.process_count(), limit=limit,
+                           pad_to=data.eval_pad_size(config.data))
+
+
+# The paper's Table 2 row (PASCAL VOC 2012 val, per-class IoU %), printed under ours for VOC.
+PAPER_VOC_VAL = ('Roy&Todorovic', (85.8, 65.2, 29.4, 63.8, 31.2, 37.2, 69.6, 64.3, 76.2, 21.4, 56.3, 29.8,
+                                   68.2, 60.6, 66.2, 55.8, 30.8, 66.1, 34.9, 48.8, 47.1, 52.8))
+
+
 def evaluate(params, config, split: str, *, workdir: str | None = None, step: int | None = None,
              limit: int | None = None, variant: str = '') -> dict[str, Any]:
-  """mIoU on `split` (all processes and devices pooled); writes the table/JSON/PNG to workdir."""
+  """mIoU on `split` (all processes and devices pooled); writes the table/JSON/PNG to workdir.
+
+  Images are scored at their original resolution (padding is ignored by the metrics and
+  cropped off predictions). On a split without labels (VOC test) it writes the predictions
+  as VOC palette PNGs for the evaluation server instead (see `write_server_results`).
+  """
   ds = data.make_dataset(config.data, split)
+  if not len(ds):
+    raise ConfigError(f'the {split} split of data "{config.data.name}" has no examples')
   threshold = None
   if config.eval.tune_threshold and config.train.mode == 'weak':
     threshold, f1 = tune_class_threshold(params, config)
@@ -403,30 +641,62 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
   rparams = jax_utils.replicate(params)
   k = config.data.num_classes + 1
   conf = np.zeros((k, k), np.int64)
-  shown = []
+  shown, predictions = [], {}
   limit = limit if limit is not None else (config.eval.num_examples or None)
-  for batch in data.eval_batches(ds, config.eval.batch_size, process_index=jax.process_index(),
-                                 process_count=jax.process_count(), limit=limit):
-    c, pred = p_eval(rparams, shard({kk: v for kk, v in batch.items() if kk != 'valid'}))
+  unlabelled = split == 'test' and hasattr(ds, 'name')
+  for batch in _eval_stream(ds, config, limit):
+    c, pred = p_eval(rparams, shard({kk: batch[kk] for kk in ('image', 'tags', 'mask')}))
     conf += np.asarray(c[0], np.int64)
-    if len(shown) < config.eval.num_images:
+    if len(shown) < config.eval.num_images or unlabelled:
       pred = {kk: np.asarray(v).reshape(batch['mask'].shape) for kk, v in pred.items()}
-      for i in np.nonzero(batch['valid'])[0][:config.eval.num_images - len(shown)]:
-        shown.append([batch['image'][i]] + [pred[kk][i] for kk in ('attention', 'cnn', 'final')
-                                             if kk in pred] + [batch['mask'][i]])
+      sizes = batch.get('size', np.tile(batch['mask'].shape[1:], (len(batch['mask']), 1)))
+      for i in np.nonzero(batch['valid'])[0]:
+        h, w = sizes[i]
+        if unlabelled:
+          predictions[ds.name(int(batch['index'][i]))] = pred['final'][i, :h, :w]
+        if len(shown) < config.eval.num_images:
+          shown.append([batch['image'][i, :h, :w]] + [pred[kk][i, :h, :w] for kk in ('attention', 'cnn', 'final')
+                                                      if kk in pred] + [batch['mask'][i, :h, :w]])
   names = list(ds.class_names)
   iou = metrics.iou_per_class(conf)
   result = {'split': split, 'variant': variant, 'step': step, 'miou': metrics.mean_iou(conf),
             'class_threshold': float(config.eval.class_threshold),
             'iou': {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
             'confusion': conf.tolist()}
+  suffix = f'{split}_{variant}' if variant else split
+  if workdir is not None and unlabelled:
+    result['server_archive'] = write_server_results(workdir, suffix, predictions)
   if workdir is not None and jax.process_index() == 0:
-    table = metrics.format_iou_table(conf, names, title=f'{config.train.mode}@{step}')
-    print(table)
-    suffix = f'{split}_{variant}' if variant else split
+    if not unlabelled:
+      reference = PAPER_VOC_VAL if config.data.name == 'voc2012' and split == 'val' else None
+      print(metrics.format_iou_table(conf, names, title=f'{config.train.mode}@{step}', reference=reference))
     _atomic_write(os.path.join(workdir, f'eval_{suffix}.json'), json.dumps(result, indent=1))
     visualize.save_grid(os.path.join(workdir, f'examples_{suffix}.png'), shown)
   return result
+
+
+def write_server_results(workdir: str, suffix: str, predictions: Mapping[str, np.ndarray]) -> str:
+  """Write label maps as VOC palette PNGs in the layout the PASCAL VOC evaluation server
+  expects (results/VOC2012/Segmentation/comp5_test_cls/<id>.png, comp5: trained on VOC data
+  only) under workdir/server_<suffix>/, and pack them into workdir/server_<suffix>.tar.gz
+  (written to a temporary name, then renamed). Every process writes its own images; process
+  0 packs them. Returns the archive's path."""
+  import tarfile  # pylint: disable=import-outside-toplevel
+  root = os.path.join(workdir, f'server_{suffix}')
+  out = os.path.join(root, 'results', 'VOC2012', 'Segmentation', 'comp5_test_cls')
+  os.makedirs(out, exist_ok=True)
+  for name, label in predictions.items():
+    visualize.save_label_png(os.path.join(out, f'{name}.png'), label)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('server results written')
+  archive = os.path.join(workdir, f'server_{suffix}.tar.gz')
+  if jax.process_index() == 0:
+    tmp = f'{archive}.tmp{os.getpid()}'
+    with tarfile.open(tmp, 'w:gz') as tar:
+      tar.add(os.path.join(root, 'results'), arcname='results')
+    os.replace(tmp, archive)
+    print(f'wrote {len(os.listdir(out))} PNGs to {out} and {archive} (upload it to the VOC server)')
+  return archive
 
 
 def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None,
@@ -449,7 +719,7 @@ def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = 
         raise ConfigError(f'unknown eval setting {key}')
       node[leaf] = value
   validate_config(config)
-  mngr = checkpoint_manager(workdir, config)
+  mngr = checkpoint_manager(workdir, config, read_only=True)
   state = restore_state(mngr, create_state(config, jax.random.key_data(jax.random.key(0))), step)
   split = split or config.eval.split
   result = evaluate(state.params, config, split, workdir=workdir, step=int(state.step),

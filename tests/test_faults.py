@@ -1,0 +1,335 @@
+"""Multi-host training, preemption and resume, numerical faults and bad input (issue 8).
+
+Every test checks that nothing saved before the fault (checkpoints, outputs) was lost.
+The subprocess runs share a persistent XLA compilation cache (tests/conftest.py), so
+the tiny config compiles once for all of them.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import jax_utils
+
+from configs import tiny
+from wsss_jax import data, train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--config=configs/tiny.py', '--config.model.backbone.dropout_rate=0.0']
+
+
+def _env(devices=1):
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  return env
+
+
+def _train(workdir, *flags, fault=None, devices=1, timeout=300):
+  cmd = ([sys.executable, 'tests/fault_driver.py', fault] if fault else [sys.executable, 'train.py'])
+  return subprocess.run(cmd + TINY + [f'--workdir={workdir}', *flags], cwd=ROOT, env=_env(devices),
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _steps(workdir):
+  d = os.path.join(workdir, 'checkpoints')
+  return sorted(int(x) for x in os.listdir(d) if x.isdigit()) if os.path.isdir(d) else []
+
+
+def _restore(workdir, step=None):
+  config = train_lib.load_config(workdir)
+  mngr = train_lib.checkpoint_manager(workdir, config)
+  state = train_lib.restore_state(mngr, train_lib.create_state(config, jax.random.key_data(jax.random.key(9))), step)
+  mngr.close()
+  return jax.device_get(state)
+
+
+def _metrics(workdir):
+  rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  return [{k: v for k, v in r.items() if k != 'images_per_sec'} for r in rows]
+
+
+def _assert_same_params(a, b):
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a.params)[0], jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory):
+  """An uninterrupted 20-step tiny run, logging every step."""
+  workdir = str(tmp_path_factory.mktemp('straight'))
+  res = _train(workdir, '--config.train.num_steps=20', '--config.train.log_every=1',
+               '--config.train.checkpoint_every=100')
+  assert res.returncode == 0, res.stderr[-3000:]
+  return workdir
+
+
+def test_importing_the_package_initialises_no_backend():
+  # jax.distributed.initialize() must come before any backend use: importing must not use one.
+  for script in ('train', 'eval'):  # (each defines its own flags: one per process)
+    code = (f'import {script}, wsss_jax.weights, wsss_jax.data.voc; from jax._src import xla_bridge; '
+            'assert not xla_bridge.backends_are_initialized(), "a module touched a JAX backend at import"')
+    res = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_sigterm_saves_then_resume_equals_uninterrupted_run(straight, tmp_path):
+  workdir = str(tmp_path / 'preempted')
+  cmd = [sys.executable, 'train.py'] + TINY + [
+      f'--workdir={workdir}', '--config.train.num_steps=20', '--config.train.log_every=1',
+      '--config.train.checkpoint_every=100']
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(metrics) and len(open(metrics).readlines()) >= 3:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=240)
+  assert proc.returncode == train_lib.PREEMPTED_EXIT_CODE, err[-3000:]
+  assert 'Traceback' not in err
+  saved = _steps(workdir)
+  assert len(saved) == 1 and 3 <= saved[0] < 20, saved
+  assert f'preempted: saved a checkpoint at step {saved[0]}' in out
+  res = _train(workdir, '--config.train.num_steps=20', '--config.train.log_every=1',
+               '--config.train.checkpoint_every=100')
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert f'resumed from step {saved[0]}' in res.stdout
+  _assert_same_params(_restore(workdir, 20), _restore(straight, 20))
+  # Determinism: the interrupted run (an independent process with the same config and seed)
+  # logged exactly the uninterrupted run's metrics for all 20 steps.
+  assert _metrics(workdir) == _metrics(straight)
+  assert [r['step'] for r in _metrics(straight)] == list(range(1, 21))
+
+
+def test_sigint_once_requests_a_stop_twice_interrupts():
+  with train_lib.PreemptionGuard() as guard:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.1)
+    assert guard.signal == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.1)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_sigkill_mid_save_resumes_from_previous_checkpoint(straight, tmp_path):
+  workdir = str(tmp_path / 'killed')
+  res = _train(workdir, '--config.train.num_steps=20', '--config.train.checkpoint_every=4',
+               '--config.train.log_every=1', fault='kill_mid_save:8')
+  assert res.returncode == -signal.SIGKILL
+  ckpt = os.path.join(workdir, 'checkpoints')
+  assert _steps(workdir) == [4], os.listdir(ckpt)  # step 8 never completed
+  leftovers = [d for d in os.listdir(ckpt) if not d.isdigit() and d.startswith('8')]
+  res = _train(workdir, '--config.train.num_steps=20', '--config.train.checkpoint_every=4',
+               '--config.train.log_every=1')
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert 'resumed from step 4' in res.stdout
+  assert not [d for d in os.listdir(ckpt) if d in leftovers]  # the half-written step is cleaned up
+  _assert_same_params(_restore(workdir, 20), _restore(straight, 20))
+
+
+def _save_two_steps(workdir):
+  config = tiny.get_config()
+  os.makedirs(workdir)
+  train_lib.save_config(config, workdir)
+  mngr = train_lib.checkpoint_manager(workdir, config)
+  states = {}
+  for step in (2, 4):
+    state = train_lib.create_state(config, jax.random.key_data(jax.random.key(step)))
+    states[step] = state = state.replace(step=step)
+    train_lib.save_state(mngr, state)
+  train_lib.finish_saves(mngr)
+  mngr.close()
+  return config, states
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_is_kept_aside(tmp_path):
+  workdir = str(tmp_path / 'w')
+  config, states = _save_two_steps(workdir)
+  latest = os.path.join(workdir, 'checkpoints', '4')
+  files = [os.path.join(d, f) for d, _, fs in os.walk(latest) for f in fs]
+  for f in files:  # truncate every file of the latest checkpoint to half its size
+    with open(f, 'r+b') as fh:
+      fh.truncate(os.path.getsize(f) // 2)
+  mngr = train_lib.checkpoint_manager(workdir, config)
+  template = train_lib.create_state(config, jax.random.key_data(jax.random.key(0)))
+  with pytest.warns(RuntimeWarning, match='checkpoint step 4 .* unreadable'):
+    restored = train_lib.restore_state(mngr, template, quarantine=True)
+  assert int(restored.step) == 2
+  _assert_same_params(jax.device_get(restored), jax.device_get(states[2]))
+  assert mngr.all_steps() == [2]
+  aside = os.listdir(os.path.join(workdir, 'checkpoints.corrupt'))
+  assert len(aside) == 1 and aside[0].startswith('4-')
+  kept = [f for _, _, fs in os.walk(os.path.join(workdir, 'checkpoints.corrupt')) for f in fs]
+  assert sorted(kept) == sorted(os.path.basename(f) for f in files)  # moved aside, not deleted
+  # An explicit step is never silently replaced by another one.
+  with pytest.raises(train_lib.ConfigError, match='no checkpoint for step 4'):
+    train_lib.restore_state(mngr, template, step=4)
+  mngr.close()
+
+
+def test_checkpoint_of_another_optimizer_is_a_config_error_not_corruption(tmp_path):
+  workdir = str(tmp_path / 'w')
+  config, _ = _save_two_steps(workdir)
+  config.train.optimizer = 'sgd'
+  mngr = train_lib.checkpoint_manager(workdir, config)
+  with pytest.raises(train_lib.ConfigError, match='another optimizer state'):
+    train_lib.restore_state(mngr, train_lib.create_state(config, jax.random.key_data(jax.random.key(0))),
+                            quarantine=True)
+  assert mngr.all_steps() == [2, 4] and not os.path.exists(os.path.join(workdir, 'checkpoints.corrupt'))
+  mngr.close()
+
+
+def test_disk_full_on_save_is_one_clear_error_and_keeps_earlier_checkpoints(tmp_path):
+  workdir = str(tmp_path / 'full')
+  res = _train(workdir, '--config.train.num_steps=6', '--config.train.checkpoint_every=2',
+               fault='enospc:4')
+  assert res.returncode == 1 and 'Traceback' not in res.stderr
+  last = res.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: cannot write checkpoint step 4') and 'No space left on device' in last
+  assert _steps(workdir) == [2]
+  assert int(_restore(workdir).step) == 2
+
+
+def test_nonfinite_step_stop_mode_names_the_step_and_writes_nothing_after(tmp_path):
+  workdir = str(tmp_path / 'nan')
+  res = _train(workdir, '--config.train.num_steps=6', '--config.train.checkpoint_every=2',
+               '--config.train.log_every=2', '--config.train.nonfinite=stop', fault='poison:3')
+  assert res.returncode == 1 and 'Traceback' not in res.stderr
+  last = res.stderr.strip().splitlines()[-1]
+  assert 'non-finite loss or gradient at step 3' in last and 'cls_loss=nan' in last, last
+  assert _steps(workdir) == [2]
+  state = _restore(workdir)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+
+
+def test_train_step_skips_a_nonfinite_update_and_handles_empty_tags(monkeypatch):
+  """A poisoned step leaves params and optimizer state as they were; a batch with no
+  foreground tag and all-background masks trains normally."""
+  config = tiny.get_config()
+  original = train_lib.compute_loss
+
+  def loss(params, batch, rng, cfg):
+    value, aux = original(params, batch, rng, cfg)
+    nan = jnp.where(jnp.max(batch['poison']) > 0, jnp.nan, 0.0)
+    return value + nan, dict(aux, loss=aux['loss'] + nan)
+
+  monkeypatch.setattr(train_lib, 'compute_loss', loss)
+  state = train_lib.create_state(config, jax.random.key_data(jax.random.key(0)))
+  ds = data.make_dataset(config.data, 'train')
+  batch = next(data.train_batches(ds, global_batch=2, seed=0))
+  batch['tags'][:] = 0  # no foreground class in either image
+  batch['mask'][:] = 0
+  step = jax.pmap(lambda s, b, r: train_lib.train_step(s, b, r, config), axis_name=train_lib.AXIS,
+                  devices=jax.devices()[:1])
+  shard = lambda b, p: {k: v[None] for k, v in dict(b, poison=np.full(2, p, np.float32)).items()}
+  rng = jax.random.split(jax.random.key(1), 1)
+  good, aux = step(jax_utils.replicate(state, devices=jax.devices()[:1]), shard(batch, 0.0), rng)
+  assert float(aux['nonfinite'][0]) == 0 and np.isfinite(float(aux['loss'][0]))
+  first = lambda tree: jax.tree.map(lambda x: np.asarray(x)[0], tree)  # (unreplicate of a 1-of-2-device pmap)
+  good = first(good)
+  assert int(good.step) == 1
+  moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(good.params), jax.tree.leaves(state.params)))
+  assert moved > 0 and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(good.params))
+  bad, aux = step(jax_utils.replicate(good, devices=jax.devices()[:1]), shard(batch, 1.0), rng)
+  assert float(aux['nonfinite'][0]) == 1
+  bad = first(bad)
+  assert int(bad.step) == 2  # the counter advances, so data and RNG stay keyed to the step
+  for x, y in zip(jax.tree.leaves((bad.params, bad.opt_state)), jax.tree.leaves((good.params, good.opt_state))):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_nan_parameters_are_never_saved(tmp_path):
+  config = tiny.get_config()
+  mngr = train_lib.checkpoint_manager(str(tmp_path), config)
+  state = train_lib.create_state(config, jax.random.key_data(jax.random.key(0)))
+  state = state.replace(step=3, params=jax.tree.map(lambda x: x * jnp.nan, state.params))
+  with pytest.raises(train_lib.NonFiniteError, match='step 3'):
+    train_lib.save_state(mngr, state)
+  train_lib.finish_saves(mngr)
+  assert mngr.all_steps() == []
+  mngr.close()
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--config.data.train_size=0'], 'the train split of data "synthetic" has 0 examples'),
+    (['--config.data.val_size=0', '--config.train.num_steps=1'], 'the val split of data "synthetic" has no examples'),
+    (['--config.train.batch_size=3'], 'must be divisible by the 2 devices'),
+])
+def test_bad_data_and_batch_settings_are_one_line(tmp_path, flags, message):
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  (workdir / 'keep.txt').write_text('user file')
+  res = subprocess.run([sys.executable, 'train.py'] + TINY + [f'--workdir={workdir}', *flags], cwd=ROOT,
+                       env=_env(devices=2), capture_output=True, text=True, timeout=300)
+  assert res.returncode == 1 and 'Traceback' not in res.stderr, res.stderr[-2000:]
+  lines = res.stderr.strip().splitlines()
+  assert lines[-1].startswith('error: ') and message in lines[-1], lines[-1]
+  assert (workdir / 'keep.txt').read_text() == 'user file'
+
+
+def test_eval_without_checkpoint_is_one_line_and_writes_nothing(tmp_path):
+  workdir = str(tmp_path / 'w')
+  os.makedirs(workdir)
+  train_lib.save_config(tiny.get_config(), workdir)
+  before = sorted(os.listdir(workdir))
+  res = subprocess.run([sys.executable, 'eval.py', f'--workdir={workdir}'], cwd=ROOT, env=_env(),
+                       capture_output=True, text=True, timeout=300)
+  assert res.returncode == 1 and 'Traceback' not in res.stderr
+  assert res.stderr.strip().splitlines()[-1].startswith('error: no checkpoint in ')
+  assert sorted(os.listdir(workdir)) == before
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process(tmp_path):
+  """2 processes x 1 CPU device (jax.distributed, gloo) == 1 process x 2 devices: same global
+  batches, same parameters on both processes, same pooled eval confusion matrix. (The tiny
+  config without attention and CRF-RNN, which change nothing in the multi-process plumbing
+  but triple the compile time.)"""
+  flags = ['--config.train.num_steps=3', '--config.train.warmup_steps=0', '--config.train.checkpoint_every=2',
+           '--config.eval.num_images=1', '--config.model.attention.enabled=False',
+           '--config.model.crf.enabled=False']
+  multi = str(tmp_path / 'multi')
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, 'tests/fault_driver.py', f'capture_params:{tmp_path / "multi_params"}'] + TINY
+      + [f'--workdir={multi}', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+         f'--process_id={i}', *flags], cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=400) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  single = str(tmp_path / 'single')
+  res = _train(single, *flags, fault=f'capture_params:{tmp_path / "single_params"}', devices=2)
+  assert res.returncode == 0, res.stderr[-3000:]
+  p0, p1, ref = (np.load(tmp_path / name) for name in ('multi_params.0.npz', 'multi_params.1.npz',
+                                                       'single_params.0.npz'))
+  assert sorted(p0.files) == sorted(ref.files)
+  for k in ref.files:
+    np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)  # both processes hold the same model
+    np.testing.assert_allclose(p0[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  init = train_lib.create_state(tiny.get_config(), jax.random.key_data(jax.random.key(0))).params
+  assert any(float(np.max(np.abs(ref[jax.tree_util.keystr(k)] - np.asarray(v)))) > 0
+             for k, v in jax.tree_util.tree_flatten_with_path(init)[0])
+  assert _steps(multi) == _steps(single) == [2, 3]
+  a = json.load(open(os.path.join(multi, 'eval_val.json')))
+  b = json.load(open(os.path.join(single, 'eval_val.json')))
+  assert np.sum(a['confusion']) == np.sum(b['confusion']) == 16 * 32 * 32  # every val pixel, once
+  assert a['class_threshold'] == b['class_threshold']
+  np.testing.assert_allclose(np.array(a['confusion']), np.array(b['confusion']), atol=8)
+  assert [l for l in outs[0][0].splitlines() if 'mIoU:' in l] == [l for l in outs[1][0].splitlines() if 'mIoU:' in l]
