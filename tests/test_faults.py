@@ -333,3 +333,16 @@ def test_two_processes_equal_one_process(tmp_path):
   assert a['class_threshold'] == b['class_threshold']
   np.testing.assert_allclose(np.array(a['confusion']), np.array(b['confusion']), atol=8)
   assert [l for l in outs[0][0].splitlines() if 'mIoU:' in l] == [l for l in outs[1][0].splitlines() if 'mIoU:' in l]
+
+
+def test_workdir_of_an_older_version_still_loads(tmp_path):
+  """config.json written before the keys of train_lib.ADDED_KEYS existed: eval/resume still work,
+  with the values that reproduce the older behaviour."""
+  config = tiny.get_config()
+  raw = json.loads(config.to_json())
+  del raw['init_weights'], raw['train']['nonfinite'], raw['data']['eval_size'], raw['data']['crop_size']
+  (tmp_path / 'config.json').write_text(json.dumps(raw))
+  loaded = train_lib.load_config(str(tmp_path))
+  train_lib.validate_config(loaded)
+  assert loaded.train.nonfinite == 'skip' and loaded.data.eval_size == 0 and loaded.init_weights == ''
+  assert json.loads(loaded.to_json()) == json.loads(config.to_json())

@@ -304,6 +304,42 @@ def test_torch_pth_round_trip(tmp_path):
     weights.load_vgg16(tmp_path / 'cut.pth')
 
 
+class _StubTensor:
+  """What _load_torch uses of a torch tensor: .detach().float().numpy()."""
+
+  def __init__(self, a):
+    self.a = a
+
+  def detach(self):
+    return self
+
+  def float(self):
+    return _StubTensor(self.a.astype(np.float32))
+
+  def numpy(self):
+    return self.a
+
+
+def test_pth_path_with_a_stub_torch(tmp_path, monkeypatch):
+  """The .pth route (state_dict / 'module.' unwrapping, key mapping) without torch installed
+  (CI): torch.load is replaced by a stub returning the state dict; the real round trip above
+  runs where torch is installed."""
+  import types
+  fake = fake_vgg(7)
+  state = {'state_dict': {'module.' + k: _StubTensor(v.astype(np.float64)) for k, v in torch_state(fake).items()}}
+  stub = types.ModuleType('torch')
+  stub.load = lambda path, map_location=None, weights_only=None: state
+  monkeypatch.setitem(sys.modules, 'torch', stub)
+  (tmp_path / 'ckpt.pth').write_bytes(b'read by the stub')
+  path_st, _ = write(fake, tmp_path, 'safetensors')
+  ref = weights.init_backbone(target(), path_st)
+  src, pre = weights.load_vgg16(tmp_path / 'ckpt.pth')
+  assert pre.name == 'imagenet'
+  p = weights.init_backbone(target(), tmp_path / 'ckpt.pth')
+  for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_pth_without_torch_says_how_to_convert(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` now raises ImportError
   (tmp_path / 'vgg16.pth').write_bytes(b'not read')

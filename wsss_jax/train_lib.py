@@ -161,15 +161,30 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     _atomic_write(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
 
 
+# Keys added after the first release, with the value that reproduces the older behaviour: a
+# workdir written before them still evaluates and resumes.
+ADDED_KEYS = {'init_weights': '', 'train.nonfinite': 'skip', 'data.data_dir': '', 'data.manual_dir': '',
+              'data.train_split': 'train', 'data.crop_size': 0, 'data.scale_range': (1.0, 1.0),
+              'data.flip': False, 'data.eval_size': 0}
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     raise ConfigError(f'{path} not found: is {workdir} a workdir written by train.py?')
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      raw = json.load(f)
   except json.JSONDecodeError as e:
     raise ConfigError(f'{path} is not valid JSON ({e})') from None
+  for key, value in ADDED_KEYS.items():
+    *groups, leaf = key.split('.')
+    node = raw
+    for g in groups:
+      node = node.get(g) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node.setdefault(leaf, value)
+  return ml_collections.ConfigDict(raw)
 
 
 # ---------------------------------------------------------------------------------------------
