@@ -2,7 +2,7 @@
 
 Inference variants: --noattention (baseline B6: no attention in the CRF unary), --dense_crf
 (dense-CRF post-processing), --scales=0.75,1,1.25 and --flip (multi-scale / flip averaging),
---class_threshold=T. Prints the per-class IoU table (layout of the paper's Table 2), writes
+--class_threshold=T, --crf=iters=10,sigma_z=28.3 (CRF-RNN inference settings). Prints the per-class IoU table (layout of the paper's Table 2), writes
 eval_<split>[_<variant>].json and examples_<split>[_<variant>].png into the workdir (one file
 per variant, so no variant overwrites another's results).
 """
@@ -21,6 +21,8 @@ flags.DEFINE_bool('dense_crf', None, 'Dense-CRF post-processing (default: config
 flags.DEFINE_list('scales', None, 'Scales whose p^S is averaged, e.g. 0.75,1,1.25 (default: config).')
 flags.DEFINE_bool('flip', None, 'Also average horizontal flips (default: config).')
 flags.DEFINE_float('class_threshold', None, 'Sigmoid score above which a class is predicted.')
+flags.DEFINE_list('crf', None, 'CRF-RNN inference settings, e.g. iters=10,sigma_z=28.3 (keys: '
+                  'iters, sigma_z, sigma_r, bilateral_weight, spatial_weight, spatial_sxy).')
 
 
 def main(argv):
@@ -33,8 +35,17 @@ def main(argv):
                  'scales': tuple(float(x) for x in FLAGS.scales) if FLAGS.scales else None,
                  'flip': FLAGS.flip, 'class_threshold': FLAGS.class_threshold,
                  'tune_threshold': False if FLAGS.class_threshold is not None else None}
+    crf = {}
+    for item in FLAGS.crf or ():
+      key, sep, value = item.partition('=')
+      try:
+        crf[key.strip()] = float(value)
+      except ValueError:
+        sep = ''
+      if not sep:
+        raise train_lib.ConfigError(f'--crf expects key=number items, got {item!r}')
     train_lib.evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.step,
-                               {k: v for k, v in overrides.items() if v is not None})
+                               {k: v for k, v in overrides.items() if v is not None}, crf)
   except (train_lib.RunError, data.DataError) as e:
     sys.exit(f'error: {e}')
 

@@ -5,8 +5,9 @@ with `--seeds` seeds each (model init and data order; the dataset is fixed), plu
 supervised oracle, evaluates them on the val split and writes a markdown table (mean +- std
 val mIoU, and the ratio to the fully supervised upper bound) to docs/results_synthetic.md.
 B6 is the full method's checkpoints evaluated without attention; Table 5's FCL row is the full
-method. Finished runs (their eval_val.json at the final step) are reused, so an interrupted
-sweep resumes where it stopped. Every run is `python train.py ...` in a subprocess.
+method. Finished runs (their eval_val.json at the final step, with the current CRF-RNN inference
+settings) are reused, so an interrupted sweep resumes where it stopped; a finished run trained
+under other CRF-RNN kernels is re-evaluated with `eval.py --crf`. Every run is a subprocess.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 TABLE1 = [('no_att', 'B1 w/o att'), ('no_seg_loss', 'B2 w/o seg loss'),
           ('no_att_unary', 'B3 w/o att unary'), ('no_neighbor', 'B4 w/o neighbor'),
           ('no_crf_rnn', 'B5 w/o CRF-RNN (dense-CRF post-processing)'),
@@ -36,14 +38,48 @@ def run(cmd):
   return time.time() - t
 
 
-def result(workdir, variant, steps):
+def result(workdir, variant, steps, crf=None):
+  """The val mIoU of a finished run's eval file, if it was evaluated at `steps` with the CRF-RNN
+  inference settings `crf` (None: no CRF-RNN, anything goes)."""
   path = os.path.join(workdir, f'eval_val{"_" + variant if variant else ""}.json')
   if os.path.exists(path):
     with open(path) as f:
       r = json.load(f)
-    if r.get('step') == steps:
+    if r.get('step') == steps and (crf is None or r.get('model_crf') == crf):
       return r['miou']
   return None
+
+
+def crf_settings(name):
+  """The current config's CRF-RNN inference settings for a trained config (None without one)."""
+  from configs import ablation, fully_supervised
+  from wsss_jax import train_lib
+  cfg = fully_supervised.get_config() if name == 'fully_supervised' else ablation.get_config(name)
+  if not cfg.model.crf.enabled:
+    return None
+  return {k: cfg.model.crf[k] for k in train_lib.CRF_INFERENCE_KEYS}
+
+
+def evaluate(workdir, steps, crf, *flags):
+  """mIoU of a run with the current CRF-RNN inference settings `crf`: its saved eval if that
+  used them; else, for a finished run, eval.py (with --crf when the run was trained under other
+  CRF-RNN kernels: they act only at inference while no loss reaches the CRF, as in every config
+  here); None for an unfinished run."""
+  from wsss_jax import train_lib
+  overrides = {'attention': False} if '--noattention' in flags else {}
+  if (r := result(workdir, train_lib.variant_name(overrides, None), steps, crf)) is not None:
+    return r
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints', str(steps))):
+    return None
+  extra = []
+  if crf is not None:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      trained = json.load(f)['model']['crf']
+    if any(trained[k] != v for k, v in crf.items()):
+      extra = ['--crf=' + ','.join(f'{k}={v:g}' for k, v in crf.items())]
+      overrides.update({f'crf.{k}': v for k, v in crf.items()})
+  run([sys.executable, 'eval.py', f'--workdir={workdir}', *flags, *extra])
+  return result(workdir, train_lib.variant_name(overrides, None), steps, crf)
 
 
 def main():
@@ -68,16 +104,15 @@ def main():
       workdir = os.path.join(args.root, name, f'seed{seed}')
       config = ('configs/fully_supervised.py' if name == 'fully_supervised'
                 else f'configs/ablation.py:{name}')
-      if result(workdir, '', steps) is None:
+      crf = crf_settings(name)
+      if evaluate(workdir, steps, crf) is None:
         seconds.setdefault(name, []).append(run(
             [sys.executable, 'train.py', f'--config={config}', f'--workdir={workdir}',
              f'--config.seed={seed}', '--config.train.progress_bar=False'] + args.overrides))
-      miou.setdefault(name, []).append(result(workdir, '', steps))
+      miou.setdefault(name, []).append(evaluate(workdir, steps, crf))
       print(f'{name} seed {seed}: {100 * miou[name][-1]:.1f}', flush=True)
       if name == 'full':
-        if result(workdir, 'noatt', steps) is None:
-          run([sys.executable, 'eval.py', f'--workdir={workdir}', '--noattention'])
-        miou.setdefault('no_att_inference', []).append(result(workdir, 'noatt', steps))
+        miou.setdefault('no_att_inference', []).append(evaluate(workdir, steps, crf, '--noattention'))
   write_table(args, miou, seconds, steps)
 
 

@@ -346,3 +346,17 @@ def test_workdir_of_an_older_version_still_loads(tmp_path):
   train_lib.validate_config(loaded)
   assert loaded.train.nonfinite == 'skip' and loaded.data.eval_size == 0 and loaded.init_weights == ''
   assert json.loads(loaded.to_json()) == json.loads(config.to_json())
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--crf=foo=1', 'foo is not a CRF-RNN inference setting'),
+    ('--crf=iters', "--crf expects key=number items, got 'iters'"),
+])
+def test_eval_crf_flag_errors_are_one_line(tmp_path, flag, message):
+  workdir = str(tmp_path / 'w')
+  os.makedirs(workdir)
+  train_lib.save_config(tiny.get_config(), workdir)
+  res = subprocess.run([sys.executable, 'eval.py', f'--workdir={workdir}', flag], cwd=ROOT, env=_env(),
+                       capture_output=True, text=True, timeout=300)
+  assert res.returncode == 1 and 'Traceback' not in res.stderr
+  assert res.stderr.strip().splitlines()[-1].startswith('error: ') and message in res.stderr

@@ -676,6 +676,7 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
   iou = metrics.iou_per_class(conf)
   result = {'split': split, 'variant': variant, 'step': step, 'miou': metrics.mean_iou(conf),
             'class_threshold': float(config.eval.class_threshold),
+            'model_crf': {kk: config.model.crf[kk] for kk in CRF_INFERENCE_KEYS},
             'iou': {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
             'confusion': conf.tolist()}
   suffix = f'{split}_{variant}' if variant else split
@@ -714,18 +715,33 @@ def write_server_results(workdir: str, suffix: str, predictions: Mapping[str, np
   return archive
 
 
+# CRF-RNN settings that only shape inference (no parameter depends on them), so eval.py --crf
+# may change them on a trained model; in training they matter only when a loss reaches the CRF.
+CRF_INFERENCE_KEYS = ('iters', 'sigma_z', 'sigma_r', 'bilateral_weight', 'spatial_weight', 'spatial_sxy')
+
+
 def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None,
-                     eval_overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                     eval_overrides: Mapping[str, Any] | None = None,
+                     crf_overrides: Mapping[str, float] | None = None) -> dict[str, Any]:
   """Evaluate the latest (or given) checkpoint of a train.py workdir (the job behind eval.py).
 
   `eval_overrides` replaces config.eval values ('dense_crf.enabled' style keys for nested
-  ones); results of a variant go to files suffixed with it (see `variant_name`)."""
+  ones), `crf_overrides` the CRF-RNN's inference settings (CRF_INFERENCE_KEYS); results of a
+  variant go to files suffixed with it (see `variant_name`)."""
   if not os.path.isdir(workdir):
     raise ConfigError(f'workdir {workdir} is not a directory')
   config = load_config(workdir)
   eval_overrides = dict(eval_overrides or {})
+  crf_overrides = dict(crf_overrides or {})
   with config.unlocked():
+    for key, value in crf_overrides.items():
+      if key not in CRF_INFERENCE_KEYS:
+        raise ConfigError(f'--crf: {key} is not a CRF-RNN inference setting (one of {CRF_INFERENCE_KEYS})')
+      config.model.crf[key] = int(value) if key == 'iters' else float(value)
+      eval_overrides[f'crf.{key}'] = value  # (for the variant name only)
     for key, value in eval_overrides.items():
+      if key.startswith('crf.'):
+        continue
       group, _, leaf = ('eval.' + key).rpartition('.')
       node = config
       for part in group.split('.'):
@@ -757,4 +773,7 @@ def variant_name(overrides: Mapping[str, Any], config) -> str:
     parts.append('flip' if overrides['flip'] else 'noflip')
   if overrides.get('class_threshold') is not None:
     parts.append(f't{float(overrides["class_threshold"]):g}')
+  crf = [f'{k[4:]}{float(v):g}' for k, v in sorted(overrides.items()) if k.startswith('crf.')]
+  if crf:
+    parts.append('crf-' + '-'.join(crf))
   return '_'.join(parts)
