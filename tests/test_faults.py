@@ -130,6 +130,7 @@ def test_sigkill_mid_save_resumes_from_previous_checkpoint(straight, tmp_path):
   ckpt = os.path.join(workdir, 'checkpoints')
   assert _steps(workdir) == [4], os.listdir(ckpt)  # step 8 never completed
   leftovers = [d for d in os.listdir(ckpt) if not d.isdigit() and d.startswith('8')]
+  assert leftovers, os.listdir(ckpt)  # the kill did land in the middle of the save of step 8
   res = _train(workdir, '--config.train.num_steps=20', '--config.train.checkpoint_every=4',
                '--config.train.log_every=1')
   assert res.returncode == 0, res.stderr[-3000:]
