@@ -86,7 +86,8 @@ def attention_map(params, activations, images, class_mask, config) -> jax.Array:
   if fcl_w is not None and fcl_w.shape[:2] != grid:  # inference on a larger image (see image_logits)
     fcl_w = jax.image.resize(fcl_w, grid + fcl_w.shape[2:], 'linear')
   return attention.attention_maps(
-      params['backbone'], activations, backbone_config(config), images, fcl_w, class_mask, neighbors=a['neighbors'], lateral=a['lateral'],
+      params['backbone'], activations, backbone_config(config), images, fcl_w, class_mask,
+      neighbors=a['neighbors'], lateral=a['lateral'],
       eps=a['eps'], radius=a['radius'], qp_tol=a['qp_tol'], qp_iters=a['qp_iters'],
       stop_at=a['stop_at'], max_classes=a['max_classes'] or None, background=a['background'],
       bg_power=a['bg_power'])

@@ -513,10 +513,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if len(train_ds) < local_batch:
     raise ConfigError(f'the train split of data "{config.data.name}" has {len(train_ds)} examples, '
                       f'fewer than one batch of {local_batch} per process')
-  eval_size = len(data.make_dataset(config.data, config.eval.split))
-  if not eval_size:  # found before training, not after it
-    raise ConfigError(f'the {config.eval.split} split of data "{config.data.name}" has no examples '
-                      '(config.eval.split)')
+  eval_dataset(config, config.eval.split)  # an empty eval split is found before training, not after it
   batches = data.train_batches(train_ds, global_batch=config.train.batch_size, seed=config.seed,
                                start_step=start, process_index=jax.process_index(),
                                process_count=jax.process_count(),
@@ -622,6 +619,14 @@ def tune_class_threshold(params, config, split: str = 'val') -> tuple[float, flo
   return best
 
 
+def eval_dataset(config, split: str):
+  """The dataset of an eval split; an empty one is a ConfigError."""
+  ds = data.make_dataset(config.data, split)
+  if not len(ds):
+    raise ConfigError(f'the {split} split of data "{config.data.name}" has no examples')
+  return ds
+
+
 def _eval_stream(ds, config, limit):
   """This process's share of the eval batches (padded to data.eval_size for variable-size images)."""
   return data.eval_batches(ds, config.eval.batch_size, process_index=jax.process_index(),
@@ -642,9 +647,7 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
   cropped off predictions). On a split without labels (VOC test) it writes the predictions
   as VOC palette PNGs for the evaluation server instead (see `write_server_results`).
   """
-  ds = data.make_dataset(config.data, split)
-  if not len(ds):
-    raise ConfigError(f'the {split} split of data "{config.data.name}" has no examples')
+  ds = eval_dataset(config, split)
   threshold = None
   if config.eval.tune_threshold and config.train.mode == 'weak':
     threshold, f1 = tune_class_threshold(params, config)
