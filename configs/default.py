@@ -76,6 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.mode = 'weak'                 # weak (Delta^C + lambda Delta^S) | fully_supervised
   config.train.warmup_steps = 1000           # Delta^C-only steps first (stands in for ImageNet init)
+  # A workdir whose checkpoint at step warmup_steps starts this run, when both runs' warm-ups
+  # are the same computation (checked): ablations share one warm-up (bench/ablations.py).
+  config.train.init_from = ''
   config.train.seg_loss_weight = 1.5         # lambda of Eq. (13); 0: baseline B2 (w/o seg loss)
   config.train.seg_loss_on = 'cnn'           # Delta^S on p^S (Eq. 15) | crf (CRF-RNN output, Sec. 1)
   config.train.optimizer = 'adam'            # adam (CPU default, see docs/DESIGN.md) | sgd (paper, Sec. 7)

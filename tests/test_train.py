@@ -171,3 +171,41 @@ def test_unknown_key_in_config_file_and_workdir_that_is_a_file(tmp_path):
   res = _run('train.py', '--config=configs/tiny.py', f'--workdir={afile}', timeout=120)
   assert res.returncode != 0 and 'Traceback' not in res.stderr
   assert 'is not a directory' in res.stderr and afile.read_text() == 'keep me'
+
+
+def test_init_from_starts_at_the_shared_warmup(tmp_path):
+  """A run started from another run's warm-up checkpoint (train.init_from) ends bit-identical
+  to the same run trained from scratch; a run whose warm-up would differ is refused."""
+  def cfg(attention, **train):
+    c = _tiny(**{'num_steps': 4, 'warmup_steps': 2, 'checkpoint_every': 4, 'keep_checkpoints': 1,
+                 'log_every': 1, **train})
+    c.model.crf.enabled = False  # (compile time; the CRF-RNN does not act in the warm-up either)
+    c.model.attention.enabled = attention
+    c.train.seg_loss_weight = 1.5 if attention else 0.0
+    return c
+  b1, scratch, forked = (str(tmp_path / n) for n in ('b1', 'scratch', 'forked'))
+  train_lib.train_and_evaluate(cfg(False), b1)
+  # The warm-up's last step is saved (though 2 is no multiple of checkpoint_every) and kept
+  # (beyond keep_checkpoints = 1).
+  assert _complete_steps(os.path.join(b1, 'checkpoints')) == [2, 4]
+  train_lib.train_and_evaluate(cfg(True), scratch)
+  train_lib.train_and_evaluate(cfg(True, init_from=b1), forked)
+  (sa, a), (sb, b), (_, c) = (_params(w, cfg(True)) for w in (scratch, forked, b1))
+  assert sa == sb == 4
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y)
+  # ... and the steps after the warm-up did use attention (Delta^S moved the parameters).
+  assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
+  read = lambda w: [json.loads(line) for line in open(os.path.join(w, 'metrics.jsonl'))]
+  forked_rows, b1_rows = read(forked), read(b1)
+  assert [r['step'] for r in forked_rows] == [1, 2, 3, 4]
+  assert forked_rows[:2] == b1_rows[:2] and 'seg_loss' in forked_rows[3]
+  # Resuming in-process on this 2-device host (restored arrays are committed to one device; the
+  # pmapped step refused them before train_and_evaluate took host copies).
+  train_lib.train_and_evaluate(cfg(True, num_steps=5), scratch)
+  assert _params(scratch, cfg(True))[0] == 5
+  bad = cfg(True, init_from=b1)
+  bad.seed = 1
+  with pytest.raises(train_lib.ConfigError, match=r'warm-up differs .* in config\.seed'):
+    train_lib.train_and_evaluate(bad, str(tmp_path / 'bad'))
+  assert not os.path.exists(os.path.join(tmp_path, 'bad', 'checkpoints', '2'))

@@ -82,7 +82,7 @@ SCHEMA = {
     'train': {'mode': None, 'warmup_steps': None, 'seg_loss_weight': None, 'seg_loss_on': None, 'optimizer': None, 'batch_size': None, 'num_steps': None, 'learning_rate': None,
               'momentum': None, 'weight_decay': None, 'lr_decay_every': None,
               'lr_decay_factor': None, 'checkpoint_every': None, 'keep_checkpoints': None,
-              'log_every': None, 'progress_bar': None, 'nonfinite': None},
+              'log_every': None, 'progress_bar': None, 'nonfinite': None, 'init_from': None},
     'eval': {'batch_size': None, 'split': None, 'num_examples': None, 'num_images': None,
              'attention': None, 'class_threshold': None, 'tune_threshold': None, 'scales': None,
              'flip': None,
@@ -165,7 +165,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 # workdir written before them still evaluates and resumes.
 ADDED_KEYS = {'init_weights': '', 'train.nonfinite': 'skip', 'data.data_dir': '', 'data.manual_dir': '',
               'data.train_split': 'train', 'data.crop_size': 0, 'data.scale_range': (1.0, 1.0),
-              'data.flip': False, 'data.eval_size': 0}
+              'data.flip': False, 'data.eval_size': 0, 'train.init_from': ''}
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -258,6 +258,56 @@ def warmup_config(config):
   return warm
 
 
+# What does not act in the Delta^C warm-up (warmup_config turns attention and Delta^S off and
+# classifies from the CNN scores, so the CRF-RNN is not computed) or only does bookkeeping.
+_NOT_IN_WARMUP = ('model.attention', 'model.cls_from', 'model.crf', 'train.seg_loss_weight',
+                  'train.seg_loss_on', 'train.num_steps', 'train.checkpoint_every',
+                  'train.keep_checkpoints', 'train.log_every', 'train.progress_bar',
+                  'train.init_from', 'eval')
+
+
+def warmup_signature(config) -> dict[str, Any]:
+  """The config values the first train.warmup_steps steps depend on: two runs with equal
+  signatures compute the same warm-up (same init, batches, dropout keys and updates)."""
+  sig = json.loads(warmup_config(config).to_json())
+  crf_enabled = sig['model']['crf']['enabled']  # decides whether the CRF-RNN has parameters
+  for key in _NOT_IN_WARMUP:
+    *groups, leaf = key.split('.')
+    node = sig
+    for g in groups:
+      node = node[g]
+    node.pop(leaf, None)
+  sig['model']['crf_enabled'] = crf_enabled
+  return sig
+
+
+def _first_difference(a, b, prefix='config'):
+  if isinstance(a, dict) and isinstance(b, dict):
+    for k in sorted(set(a) | set(b)):
+      if (d := _first_difference(a.get(k), b.get(k), f'{prefix}.{k}')) is not None:
+        return d
+    return None
+  return None if a == b else f'{prefix} ({a!r} there, {b!r} here)'
+
+
+def init_from_warmup(config, template: TrainState) -> TrainState:
+  """The state at step train.warmup_steps of the run in train.init_from, after checking that
+  its warm-up is this run's (the same config values act in it)."""
+  src = config.train.init_from
+  step = int(config.train.warmup_steps)
+  if step <= 0:
+    raise ConfigError('config.train.init_from needs config.train.warmup_steps > 0 (it shares the warm-up)')
+  other = load_config(src)
+  if (d := _first_difference(warmup_signature(other), warmup_signature(config))) is not None:
+    raise ConfigError(f'config.train.init_from={src}: that run\'s warm-up differs from this one\'s '
+                      f'in {d}')
+  mngr = checkpoint_manager(src, other, read_only=True)
+  try:
+    return restore_state(mngr, template, step)
+  finally:
+    mngr.close()
+
+
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, config):
   """One SGD step on this device's shard; gradients are averaged across the pmap axis.
 
@@ -312,8 +362,14 @@ def checkpoint_manager(workdir: str, config, *, read_only: bool = False) -> ocp.
   path = os.path.abspath(os.path.join(workdir, 'checkpoints'))
   if read_only and not os.path.isdir(path):
     raise ConfigError(f'no checkpoint in {path}')
-  opts = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=not read_only,
-                                      cleanup_tmp_directories=not read_only, read_only=read_only)
+  # The end of the Delta^C warm-up is kept beyond the latest keep_checkpoints: other runs may
+  # start from it (train.init_from).
+  keep = [ocp.checkpoint_managers.LatestN(config.train.keep_checkpoints)]
+  if 0 < int(config.train.warmup_steps) < config.train.num_steps:
+    keep.append(ocp.checkpoint_managers.CustomSteps([int(config.train.warmup_steps)]))
+  opts = ocp.CheckpointManagerOptions(
+      create=not read_only, cleanup_tmp_directories=not read_only, read_only=read_only,
+      preservation_policy=None if read_only else ocp.checkpoint_managers.AnyPreservationPolicy(keep))
   return ocp.CheckpointManager(path, options=opts, item_handlers=ocp.StandardCheckpointHandler())
 
 
@@ -415,6 +471,16 @@ def finish_saves(mngr: ocp.CheckpointManager) -> None:
 # ---------------------------------------------------------------------------------------------
 # Loops.
 
+def _copy_warmup_metrics(src: str, workdir: str, step: int) -> None:
+  """Start workdir/metrics.jsonl with the warm-up's records from the run it was taken from."""
+  path, dest = os.path.join(src, 'metrics.jsonl'), os.path.join(workdir, 'metrics.jsonl')
+  if jax.process_index() or not os.path.isfile(path) or os.path.exists(dest):
+    return
+  with open(path) as f:
+    rows = [line for line in f if line.strip() and json.loads(line).get('step', step + 1) <= step]
+  _atomic_write(dest, ''.join(rows))
+
+
 def _log_metrics(workdir: str, record: Mapping[str, Any]) -> None:
   if jax.process_index() == 0:
     path = os.path.join(workdir, 'metrics.jsonl')
@@ -498,6 +564,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if mngr.latest_step() is not None:
     state = restore_state(mngr, state, quarantine=True)
     print(f'resumed from step {int(state.step)} in {workdir}')
+  elif config.train.init_from:
+    state = init_from_warmup(config, state)
+    _copy_warmup_metrics(config.train.init_from, workdir, int(state.step))
+    print(f'started from step {int(state.step)} of {config.train.init_from} (shared warm-up)')
   elif config.init_weights:
     try:  # ImageNet VGG-16 for conv1_1..fc7 (Sec. 7); fc8, FCL and CRF keep their init
       state = state.replace(params=dict(
@@ -505,6 +575,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     except weights.WeightsError as e:
       raise ConfigError(str(e)) from None
     print(f'initialised conv1_1..fc7 from {config.init_weights}')
+  # Host copies: restored arrays are committed to one device, which the pmapped step (and the
+  # keys derived from state.rng) would refuse on a multi-device host.
+  state = jax.device_get(state)
   start = int(state.step)
   num_steps = config.train.num_steps
 
@@ -566,7 +639,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       bar.update(1)
       if done % config.train.log_every == 0 or done == num_steps:
         flush_window()
-      if done % config.train.checkpoint_every == 0 or done == num_steps:
+      if (done % config.train.checkpoint_every == 0 or done == num_steps
+          or done == config.train.warmup_steps):  # (train.init_from starts other runs there)
         flush_window()
         save_state(mngr, jax_utils.unreplicate(rstate))
       # The previous step's summed flag (already computed: reading it does not stall the queue).
