@@ -1,17 +1,29 @@
-"""Tables 1 and 5 on the synthetic benchmark: `python bench/ablations.py [--seeds 3]`.
+"""Tables 1 and 5 on the synthetic benchmark: `python bench/ablations.py [--seeds 3] [--jobs 2]`.
 
 Trains every baseline of Table 1 (configs/ablation.py) and every aggregation head of Table 5
 with `--seeds` seeds each (model init and data order; the dataset is fixed), plus the fully
 supervised oracle, evaluates them on the val split and writes a markdown table (mean +- std
 val mIoU, and the ratio to the fully supervised upper bound) to docs/results_synthetic.md.
-B6 is the full method's checkpoints evaluated without attention; Table 5's FCL row is the full
-method. Finished runs (their eval_val.json at the final step, with the current CRF-RNN inference
-settings) are reused, so an interrupted sweep resumes where it stopped; a finished run trained
-under other CRF-RNN kernels is re-evaluated with `eval.py --crf`. Every run is a subprocess.
+
+Runs that would compute the same thing are shared rather than repeated:
+* The Delta^C warm-up (the first train.warmup_steps steps) of full, B2 and B4 is B1's: they start
+  from B1's checkpoint at that step (train.init_from; train.py checks that the warm-ups are the
+  same computation, tests/test_train.py that the result is bit-identical to a run from scratch).
+* While no loss reaches the CRF-RNN (model.cls_from = train.seg_loss_on = 'cnn', the default),
+  B3, B5 and B6 train exactly the full method's network and differ only at inference, so they are
+  the full run's checkpoint evaluated: B3 = B6 (CRF-RNN unary -log p^S; the rows coincide) and B5
+  with dense-CRF post-processing instead of the CRF-RNN (`eval.py --dense_crf`). With another
+  setting they are trained separately. Table 5's FCL row is the full method.
+Runs go to `--jobs` worker processes (default: one per CPU core, each pinned to its core: 1.2x
+the throughput of one process using both cores of this CPU, measured) sharing one persistent XLA
+compilation cache. Finished runs (their eval file at the final step, with the current CRF-RNN
+inference settings) are reused, so an interrupted sweep resumes where it stopped; a finished run
+trained under other CRF-RNN kernels is re-evaluated with `eval.py --crf`.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -26,16 +38,33 @@ TABLE1 = [('no_att', 'B1 w/o att'), ('no_seg_loss', 'B2 w/o seg loss'),
           ('no_crf_rnn', 'B5 w/o CRF-RNN (dense-CRF post-processing)'),
           ('no_att_inference', 'B6 w/o att inference'), ('full', 'Full approach')]
 TABLE5 = [('gmp', 'GMP'), ('gap', 'GAP'), ('lse', 'LSE'), ('full', 'FCL')]
-TRAINED = ['full', 'no_att', 'no_seg_loss', 'no_att_unary', 'no_neighbor', 'no_crf_rnn',
-           'gmp', 'gap', 'lse', 'fully_supervised']
+# Trained configs, longest first within a seed; forks of B1's warm-up after B1.
+TRAINED = ['no_att', 'lse', 'gmp', 'gap', 'fully_supervised', 'full', 'no_neighbor', 'no_seg_loss',
+           'no_att_unary', 'no_crf_rnn']
+FORKS = ('full', 'no_seg_loss', 'no_neighbor')
+# name -> eval.py flags turning the full run into that baseline, when the training is the same.
+FROM_FULL = {'no_att_unary': ('--noattention',), 'no_att_inference': ('--noattention',),
+             'no_crf_rnn': ('--dense_crf',)}
 
 
-def run(cmd):
-  t = time.time()
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-  if proc.returncode:
-    sys.exit(f'error: {" ".join(cmd)} failed:\n{proc.stderr[-2000:]}')
-  return time.time() - t
+def config_of(name):
+  from configs import ablation, fully_supervised
+  return fully_supervised.get_config() if name == 'fully_supervised' else ablation.get_config(name)
+
+
+def crf_settings(name):
+  """The current config's CRF-RNN inference settings for a trained config (None without one)."""
+  from wsss_jax import train_lib
+  cfg = config_of(name)
+  if not cfg.model.crf.enabled:
+    return None
+  return {k: cfg.model.crf[k] for k in train_lib.CRF_INFERENCE_KEYS}
+
+
+def no_loss_reaches_crf():
+  """Whether B3 / B5 / B6 train the full method's network (see the module docstring)."""
+  cfg = config_of('full')
+  return cfg.model.cls_from == 'cnn' and cfg.train.seg_loss_on == 'cnn'
 
 
 def result(workdir, variant, steps, crf=None):
@@ -50,44 +79,143 @@ def result(workdir, variant, steps, crf=None):
   return None
 
 
-def crf_settings(name):
-  """The current config's CRF-RNN inference settings for a trained config (None without one)."""
-  from configs import ablation, fully_supervised
+def eval_request(workdir, crf, flags=()):
+  """(eval.py arguments, eval-file variant) for a finished run evaluated with `flags` and the
+  current CRF-RNN inference settings `crf` (--crf when it was trained under other kernels: they
+  act only at inference while no loss reaches the CRF-RNN, as in every config here)."""
   from wsss_jax import train_lib
-  cfg = fully_supervised.get_config() if name == 'fully_supervised' else ablation.get_config(name)
-  if not cfg.model.crf.enabled:
-    return None
-  return {k: cfg.model.crf[k] for k in train_lib.CRF_INFERENCE_KEYS}
-
-
-def evaluate(workdir, steps, crf, *flags):
-  """mIoU of a run with the current CRF-RNN inference settings `crf`: its saved eval if that
-  used them; else, for a finished run, eval.py (with --crf when the run was trained under other
-  CRF-RNN kernels: they act only at inference while no loss reaches the CRF, as in every config
-  here); None for an unfinished run."""
-  from wsss_jax import train_lib
-  overrides = {'attention': False} if '--noattention' in flags else {}
-  if (r := result(workdir, train_lib.variant_name(overrides, None), steps, crf)) is not None:
-    return r
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints', str(steps))):
-    return None
+  overrides = {}
+  if '--noattention' in flags:
+    overrides['attention'] = False
+  if '--dense_crf' in flags:
+    overrides['dense_crf.enabled'] = True
+    crf = None  # the CRF-RNN's output is not used
   extra = []
-  if crf is not None:
-    with open(os.path.join(workdir, 'config.json')) as f:
+  config_path = os.path.join(workdir, 'config.json')
+  if crf is not None and os.path.exists(config_path):
+    with open(config_path) as f:
       trained = json.load(f)['model']['crf']
     if any(trained[k] != v for k, v in crf.items()):
       extra = ['--crf=' + ','.join(f'{k}={v:g}' for k, v in crf.items())]
       overrides.update({f'crf.{k}': v for k, v in crf.items()})
-  run([sys.executable, 'eval.py', f'--workdir={workdir}', *flags, *extra])
-  return result(workdir, train_lib.variant_name(overrides, None), steps, crf)
+  args = [sys.executable, 'eval.py', f'--workdir={workdir}', *flags, *extra]
+  return args, train_lib.variant_name(overrides, None), crf
+
+
+@dataclasses.dataclass
+class Task:
+  key: str
+  args: list
+  deps: list
+  workdir: str
+  kind: str  # train | eval
+  proc: subprocess.Popen | None = None
+  start: float = 0.0
+  seconds: float | None = None
+  core: int | None = None
+  log: object = None
+
+
+def plan(args, steps):
+  """The tasks still to run and, for every table row and seed, where its result will be."""
+  tasks, rows = {}, {}
+  shared = no_loss_reaches_crf()
+  trained = [n for n in (args.only or TRAINED) if not (shared and n in FROM_FULL)]
+  for seed in range(args.seeds):
+    for name in trained:
+      workdir = os.path.join(args.root, name, f'seed{seed}')
+      crf = crf_settings(name)
+      rows.setdefault(name, []).append((workdir, '', crf))
+      finished = os.path.isdir(os.path.join(workdir, 'checkpoints', str(steps)))
+      key = f'{name}/seed{seed}'
+      if finished:
+        cmd, variant, crf_v = eval_request(workdir, crf)
+        rows[name][-1] = (workdir, variant, crf_v)
+        if result(workdir, variant, steps, crf_v) is None:
+          tasks[key] = Task(key, cmd, [], workdir, 'eval')
+        continue
+      config = ('configs/fully_supervised.py' if name == 'fully_supervised'
+                else f'configs/ablation.py:{name}')
+      cmd = [sys.executable, 'train.py', f'--config={config}', f'--workdir={workdir}',
+             f'--config.seed={seed}', '--config.train.progress_bar=False', *args.overrides]
+      deps = []
+      if name in FORKS and 'no_att' in trained:
+        cmd.append(f'--config.train.init_from={os.path.join(args.root, "no_att", f"seed{seed}")}')
+        deps = [f'no_att/seed{seed}']
+      tasks[key] = Task(key, cmd, deps, workdir, 'train')
+    if shared and 'full' in trained:
+      workdir = os.path.join(args.root, 'full', f'seed{seed}')
+      for name, flags in FROM_FULL.items():
+        cmd, variant, crf_v = eval_request(workdir, crf_settings('full'), flags)
+        rows.setdefault(name, []).append((workdir, variant, crf_v))
+        key = f'{name}/seed{seed}(full {" ".join(flags)})'
+        same = [t for t in tasks.values() if t.args == cmd]
+        if not same and result(workdir, variant, steps, crf_v) is None:
+          deps = [k for k in (f'full/seed{seed}',) if k in tasks]
+          tasks[key] = Task(key, cmd, deps, workdir, 'eval')
+  return tasks, rows
+
+
+def run_all(tasks, jobs, env):
+  """Run the tasks on `jobs` workers (each pinned to one core when jobs > 1), dependencies first."""
+  cores = sorted(os.sched_getaffinity(0))
+  free = list(cores[:jobs]) if jobs > 1 else [None]
+  pending, running, done = list(tasks.values()), [], set()
+  while pending or running:
+    for t in list(pending):
+      if not free:
+        break
+      if all(d in done for d in t.deps):
+        core = free.pop(0)
+        pin = (lambda c=core: os.sched_setaffinity(0, {c})) if core is not None else None
+        os.makedirs(t.workdir, exist_ok=True)
+        log = open(os.path.join(t.workdir, f'bench_{t.kind}.log'), 'w')
+        t.start = time.time()
+        t.proc = subprocess.Popen(t.args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  preexec_fn=pin, text=True)
+        t.core, t.log = core, log
+        running.append(t)
+        pending.remove(t)
+        print(f'started {t.key} ({t.kind}{"" if core is None else f", core {core}"})', flush=True)
+    time.sleep(1.0)
+    for t in list(running):
+      if t.proc.poll() is None:
+        continue
+      running.remove(t)
+      t.log.close()
+      free.append(t.core)
+      t.seconds = time.time() - t.start
+      if t.proc.returncode:
+        for r in running:
+          r.proc.terminate()
+        with open(t.log.name) as f:
+          tail = f.read()[-2000:]
+        sys.exit(f'error: {" ".join(t.args)} failed (log {t.log.name}):\n{tail}')
+      done.add(t.key)
+      _record_seconds(t)
+      print(f'finished {t.key} in {t.seconds:.0f} s', flush=True)
+
+
+def _record_seconds(t):
+  path = os.path.join(t.workdir, 'bench_seconds.json')
+  rec = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      rec = json.load(f)
+  rec[t.key] = round(t.seconds, 1)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(rec, f)
+  os.replace(path + '.tmp', path)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--seeds', type=int, default=3)
+  parser.add_argument('--jobs', type=int, default=len(os.sched_getaffinity(0)))
   parser.add_argument('--root', default=os.path.join(ROOT, 'runs', 'ablations'))
   parser.add_argument('--out', default=os.path.join(ROOT, 'docs', 'results_synthetic.md'))
   parser.add_argument('--only', nargs='*', default=None, help='subset of the trained configs')
+  parser.add_argument('--dry_run', action='store_true', help='list the tasks and stop')
   parser.add_argument('overrides', nargs='*', help='extra --config.* overrides for every run')
   args = parser.parse_args()
   steps = None
@@ -95,25 +223,21 @@ def main():
     if o.startswith('--config.train.num_steps='):
       steps = int(o.split('=')[1])
   if steps is None:
-    sys.path.insert(0, ROOT)
-    from configs import default
-    steps = default.get_config().train.num_steps
-  miou, seconds = {}, {}
-  for name in args.only or TRAINED:
-    for seed in range(args.seeds):
-      workdir = os.path.join(args.root, name, f'seed{seed}')
-      config = ('configs/fully_supervised.py' if name == 'fully_supervised'
-                else f'configs/ablation.py:{name}')
-      crf = crf_settings(name)
-      if evaluate(workdir, steps, crf) is None:
-        seconds.setdefault(name, []).append(run(
-            [sys.executable, 'train.py', f'--config={config}', f'--workdir={workdir}',
-             f'--config.seed={seed}', '--config.train.progress_bar=False'] + args.overrides))
-      miou.setdefault(name, []).append(evaluate(workdir, steps, crf))
-      print(f'{name} seed {seed}: {100 * miou[name][-1]:.1f}', flush=True)
-      if name == 'full':
-        miou.setdefault('no_att_inference', []).append(evaluate(workdir, steps, crf, '--noattention'))
-  write_table(args, miou, seconds, steps)
+    steps = config_of('full').train.num_steps
+  env = dict(os.environ)
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(args.root, '.xla_cache'))
+  tasks, rows = plan(args, steps)
+  if args.dry_run:
+    for t in tasks.values():
+      print(f'{t.key} <- {t.deps}: {" ".join(t.args[1:])}')
+    return
+  t0 = time.time()
+  run_all(tasks, args.jobs, env)
+  wall = time.time() - t0
+  miou = {name: [result(*r, steps) for r in rs] for name, rs in rows.items()}
+  for name, values in miou.items():
+    print(f'{name}: ' + ', '.join('-' if v is None else f'{100 * v:.1f}' for v in values))
+  write_table(args, miou, tasks, wall, steps)
 
 
 def _fmt(values):
@@ -125,11 +249,12 @@ def _fmt(values):
   return f'{mean:.1f} +- {std:.1f} (n={len(v)})', mean
 
 
-def write_table(args, miou, seconds, steps):
+def write_table(args, miou, tasks, wall, steps):
   full_sup = _fmt(miou.get('fully_supervised', []))[1]
   lines = ['# Tables 1 and 5 on the synthetic benchmark', '',
-           f'Produced by `python bench/ablations.py --seeds {args.seeds} {" ".join(args.overrides)}`'
-           f' ({steps} steps per run, val split, mIoU in %, mean +- std over seeds).', '',
+           f'Produced by `python bench/ablations.py --seeds {args.seeds} --jobs {args.jobs} '
+           f'{" ".join(args.overrides)}`'.replace(' `', '`')
+           + f' ({steps} steps per run, val split, mIoU in %, mean +- std over seeds).', '',
            '## Table 1: baselines', '', '| method | val mIoU | / fully supervised |', '|---|---|---|']
   for name, label in TABLE1:
     text, mean = _fmt(miou.get(name, []))
@@ -140,9 +265,17 @@ def write_table(args, miou, seconds, steps):
             '## Table 5: aggregation heads (full method)', '', '| head | val mIoU |', '|---|---|']
   for name, label in TABLE5:
     lines.append(f'| {label} | {_fmt(miou.get(name, []))[0]} |')
-  lines += ['', '## Wall time per training run (this sweep, seconds)', '']
-  for name, ts in seconds.items():
-    lines.append(f'- {name}: {", ".join(f"{t:.0f}" for t in ts)}')
+  if no_loss_reaches_crf():
+    lines += ['', 'B3, B5 and B6 are the full run\'s checkpoints evaluated without the attention '
+              'unary (B3 = B6) and with dense-CRF post-processing (B5): no loss reaches the '
+              'CRF-RNN, so their training is the full method\'s (bench/ablations.py).']
+  ran = [t for t in tasks.values() if t.seconds is not None]
+  lines += ['', '## Run time (this invocation)', '',
+            f'{len(ran)} tasks ({sum(t.kind == "train" for t in ran)} trainings) in '
+            f'{wall / 60:.1f} min wall on {args.jobs} worker(s), {len(os.sched_getaffinity(0))} CPU '
+            f'cores; sum of task times {sum(t.seconds for t in ran) / 60:.1f} min.', '']
+  for t in ran:
+    lines.append(f'- {t.key} ({t.kind}): {t.seconds:.0f} s')
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   tmp = args.out + '.tmp'
   with open(tmp, 'w') as f:
