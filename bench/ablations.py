@@ -234,7 +234,7 @@ def main():
   t0 = time.time()
   run_all(tasks, args.jobs, env)
   wall = time.time() - t0
-  miou = {name: [result(*r, steps) for r in rs] for name, rs in rows.items()}
+  miou = {name: [result(w, v, steps, c) for w, v, c in rs] for name, rs in rows.items()}
   for name, values in miou.items():
     print(f'{name}: ' + ', '.join('-' if v is None else f'{100 * v:.1f}' for v in values))
   write_table(args, miou, tasks, wall, steps)
@@ -252,8 +252,8 @@ def _fmt(values):
 def write_table(args, miou, tasks, wall, steps):
   full_sup = _fmt(miou.get('fully_supervised', []))[1]
   lines = ['# Tables 1 and 5 on the synthetic benchmark', '',
-           f'Produced by `python bench/ablations.py --seeds {args.seeds} --jobs {args.jobs} '
-           f'{" ".join(args.overrides)}`'.replace(' `', '`')
+           f'Produced by `python bench/ablations.py --seeds {args.seeds} --jobs {args.jobs}'
+           f'{"".join(" " + o for o in args.overrides)}`'
            + f' ({steps} steps per run, val split, mIoU in %, mean +- std over seeds).', '',
            '## Table 1: baselines', '', '| method | val mIoU | / fully supervised |', '|---|---|---|']
   for name, label in TABLE1:
@@ -270,12 +270,23 @@ def write_table(args, miou, tasks, wall, steps):
               'unary (B3 = B6) and with dense-CRF post-processing (B5): no loss reaches the '
               'CRF-RNN, so their training is the full method\'s (bench/ablations.py).']
   ran = [t for t in tasks.values() if t.seconds is not None]
-  lines += ['', '## Run time (this invocation)', '',
-            f'{len(ran)} tasks ({sum(t.kind == "train" for t in ran)} trainings) in '
-            f'{wall / 60:.1f} min wall on {args.jobs} worker(s), {len(os.sched_getaffinity(0))} CPU '
-            f'cores; sum of task times {sum(t.seconds for t in ran) / 60:.1f} min.', '']
-  for t in ran:
-    lines.append(f'- {t.key} ({t.kind}): {t.seconds:.0f} s')
+  log = os.path.join(args.root, 'sweeps.jsonl')
+  if ran:  # every invocation that ran something is recorded; the table lists them all
+    with open(log, 'a') as f:
+      f.write(json.dumps({'date': time.strftime('%Y-%m-%d %H:%M'), 'wall_s': round(wall, 1),
+                          'jobs': args.jobs, 'cores': len(os.sched_getaffinity(0)),
+                          'seeds': args.seeds, 'steps': steps,
+                          'tasks': {t.key: [t.kind, round(t.seconds, 1)] for t in ran}}) + '\n')
+  lines += ['', '## Run time', '', 'Every invocation of the script that ran tasks (from '
+            f'{os.path.relpath(log, ROOT)}):', '']
+  sweeps = [json.loads(line) for line in open(log)] if os.path.exists(log) else []
+  for sw in sweeps:
+    kinds = [k for k, _ in sw['tasks'].values()]
+    lines.append(f'- {sw["date"]}: {len(kinds)} tasks ({kinds.count("train")} trainings, '
+                 f'{sw["seeds"]} seed(s), {sw["steps"]} steps) in **{sw["wall_s"] / 60:.1f} min** wall '
+                 f'on {sw["jobs"]} worker(s), {sw["cores"]} CPU cores; sum of task times '
+                 f'{sum(s for _, s in sw["tasks"].values()) / 60:.1f} min. Per task (s): '
+                 + ', '.join(f'{k} {s:.0f}' for k, (_, s) in sw['tasks'].items()))
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   tmp = args.out + '.tmp'
   with open(tmp, 'w') as f:

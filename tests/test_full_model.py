@@ -109,6 +109,41 @@ def test_inference_without_confident_class_falls_back_to_background():
     assert np.isfinite(np.asarray(seg[key])).all(), key
 
 
+def _numpy_miou(pred, mask, k):
+  ious = []
+  for c in range(k):
+    p, m = pred == c, mask == c
+    union = np.sum(p | m)
+    if union:
+      ious.append(np.sum(p & m) / union)
+  return float(np.mean(ious))
+
+
+def test_eval_reports_miou_of_final_cnn_and_attention_maps():
+  """evaluate() reports the mIoU of the final, CNN (argmax p^S) and attention (argmax p^A) label
+  maps; each equals a numpy IoU of model.infer's maps on the same images."""
+  config = _config()
+  config.eval.tune_threshold = False
+  config.eval.class_threshold = 0.45
+  params = model.init_params(jax.random.key(3), config)
+  ds = data.make_dataset(config.data, 'val')
+  n = config.eval.batch_size
+  res = train_lib.evaluate(params, config, 'val', limit=n)
+  images = np.stack([ds[i]['image'] for i in range(n)])
+  masks = np.stack([ds[i]['mask'] for i in range(n)])
+  # infer per device shard, as evaluate's pmap does (p^A of an untrained net is near-uniform, so
+  # its argmax is sensitive to the batch a kernel sees)
+  infer = jax.jit(lambda p, x: model.infer(p, x, config))
+  shards = [infer(params, x) for x in np.split(images, jax.device_count())]
+  pred = {key: np.concatenate([np.asarray(s[key]) for s in shards]) for key in shards[0]}
+  k = config.data.num_classes + 1
+  got = {key: _numpy_miou(pred[key], masks, k) for key in ('final', 'cnn', 'attention')}
+  assert res['miou'] == pytest.approx(got['final'], abs=1e-6)
+  assert res['miou_cnn'] == pytest.approx(got['cnn'], abs=1e-6)
+  assert res['miou_attention'] == pytest.approx(got['attention'], abs=1e-6)
+  assert len({round(v, 6) for v in got.values()}) > 1  # three different maps were scored
+
+
 def test_attention_max_classes_equals_all_classes():
   """Walking only the (<= 4) selected classes gives the same p^A as walking all of them."""
   config = _config()

@@ -331,11 +331,11 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
 
 
 def eval_step(params, batch, config):
-  """Confusion matrix of this shard, summed over all devices (and processes), and the label
-  maps (final, CNN, attention argmax) for the PNG grid."""
+  """Confusion matrices of this shard's label maps (final; CNN argmax p^S; attention argmax
+  p^A, for the predicted classes), summed over all devices (and processes), and the maps."""
   k = config.data.num_classes + 1
   pred = model.infer(params, batch['image'], config)
-  conf = metrics.confusion_matrix(batch['mask'], pred['final'], k)
+  conf = {name: metrics.confusion_matrix(batch['mask'], maps, k) for name, maps in pred.items()}
   return jax.lax.psum(conf, AXIS), pred
 
 
@@ -713,6 +713,9 @@ PAPER_VOC_VAL = ('Roy&Todorovic', (85.8, 65.2, 29.4, 63.8, 31.2, 37.2, 69.6, 64.
                                    68.2, 60.6, 66.2, 55.8, 30.8, 66.1, 34.9, 48.8, 47.1, 52.8))
 
 
+PART_NAMES = {'miou_cnn': 'CNN (argmax p^S)', 'miou_attention': 'attention (argmax p^A)'}
+
+
 def evaluate(params, config, split: str, *, workdir: str | None = None, step: int | None = None,
              limit: int | None = None, variant: str = '') -> dict[str, Any]:
   """mIoU on `split` (all processes and devices pooled); writes the table/JSON/PNG to workdir.
@@ -732,13 +735,14 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
   p_eval = jax.pmap(lambda p, b: eval_step(p, b, config), axis_name=AXIS)
   rparams = jax_utils.replicate(params)
   k = config.data.num_classes + 1
-  conf = np.zeros((k, k), np.int64)
+  confs = {}
   shown, predictions = [], {}
   limit = limit if limit is not None else (config.eval.num_examples or None)
   unlabelled = split == 'test' and hasattr(ds, 'name')
   for batch in _eval_stream(ds, config, limit):
     c, pred = p_eval(rparams, shard({kk: batch[kk] for kk in ('image', 'tags', 'mask')}))
-    conf += np.asarray(c[0], np.int64)
+    for name, m in c.items():
+      confs[name] = confs.get(name, 0) + np.asarray(m[0], np.int64)
     if len(shown) < config.eval.num_images or unlabelled:
       pred = {kk: np.asarray(v).reshape(batch['mask'].shape) for kk, v in pred.items()}
       sizes = batch.get('size', np.tile(batch['mask'].shape[1:], (len(batch['mask']), 1)))
@@ -750,8 +754,12 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
           shown.append([batch['image'][i, :h, :w]] + [pred[kk][i, :h, :w] for kk in ('attention', 'cnn', 'final')
                                                       if kk in pred] + [batch['mask'][i, :h, :w]])
   names = list(ds.class_names)
+  conf = confs.get('final', np.zeros((k, k), np.int64))
   iou = metrics.iou_per_class(conf)
-  result = {'split': split, 'variant': variant, 'step': step, 'miou': metrics.mean_iou(conf),
+  # The parts of the pipeline on their own (diagnostics: what the CRF-RNN adds to p^S, how good
+  # the attention map for the predicted classes is).
+  parts = {f'miou_{name}': metrics.mean_iou(m) for name, m in confs.items() if name != 'final'}
+  result = {'split': split, 'variant': variant, 'step': step, 'miou': metrics.mean_iou(conf), **parts,
             'class_threshold': float(config.eval.class_threshold),
             'model_crf': {kk: config.model.crf[kk] for kk in CRF_INFERENCE_KEYS},
             'iou': {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
@@ -763,6 +771,8 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
     if not unlabelled:
       reference = PAPER_VOC_VAL if config.data.name == 'voc2012' and split == 'val' else None
       print(metrics.format_iou_table(conf, names, title=f'{config.train.mode}@{step}', reference=reference))
+      if parts:
+        print('mIoU of the parts: ' + ', '.join(f'{PART_NAMES[n]} {100 * v:.2f}' for n, v in parts.items()))
     _atomic_write(os.path.join(workdir, f'eval_{suffix}.json'), json.dumps(result, indent=1))
     visualize.save_grid(os.path.join(workdir, f'examples_{suffix}.png'), shown)
   return result
