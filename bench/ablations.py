@@ -288,6 +288,11 @@ def write_table(args, miou, tasks, wall, steps):
                  f'{sum(s for _, s in sw["tasks"].values()) / 60:.1f} min. Per task (s): '
                  + ', '.join(f'{k} {s:.0f}' for k, (_, s) in sw['tasks'].items()))
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  if os.path.exists(args.out):  # hand-written diagnoses below the tables are kept
+    with open(args.out) as f:
+      old = f.read()
+    if '\n## Diagnoses' in old:
+      lines += ['', old[old.index('\n## Diagnoses') + 1:].rstrip('\n')]
   tmp = args.out + '.tmp'
   with open(tmp, 'w') as f:
     f.write('\n'.join(lines) + '\n')
