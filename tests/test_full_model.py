@@ -163,3 +163,15 @@ def test_attention_max_classes_equals_all_classes():
 def test_every_ablation_config_validates(name):
   config = ablation.get_config(name)
   train_lib.validate_config(config)
+
+
+@pytest.mark.parametrize('stop_at, message', [('pool2', 'below the score grid'),
+                                              ('conv9', 'must be a backbone layer')])
+def test_bad_attention_stop_layer_is_one_config_error(stop_at, message):
+  config = _config()
+  config.model.attention.stop_at = stop_at
+  with pytest.raises(train_lib.ConfigError, match=f'config.model.attention.stop_at.*{message}'):
+    train_lib.validate_config(config)
+  config.model.attention.neighbors = False  # plain excitation backprop may stop anywhere
+  if stop_at == 'pool2':
+    train_lib.validate_config(config)

@@ -129,6 +129,14 @@ def validate_config(config: Mapping[str, Any]) -> None:
   for key, (value, allowed) in choices.items():
     if value not in allowed:
       raise ConfigError(f'config.{key} must be one of {allowed}, got {value!r}')
+  names = [layer.name for layer in backbone.layer_specs(model.backbone_config(config))]
+  att = m['attention']
+  if att['stop_at'] not in names:
+    raise ConfigError(f'config.model.attention.stop_at must be a backbone layer ({", ".join(names)}), '
+                      f'got {att["stop_at"]!r}')
+  if att['enabled'] and att['neighbors'] and names.index(att['stop_at']) < names.index('pool3'):
+    raise ConfigError(f'config.model.attention.stop_at={att["stop_at"]} is below the score grid; the '
+                      'lateral QP (neighbors=True) needs pool3 or a layer above it')
   if m['cls_from'] == 'crf' and not m['crf']['enabled']:
     raise ConfigError('config.model.cls_from=crf needs config.model.crf.enabled=True')
   if not config['eval']['scales'] or any(float(x) <= 0 for x in config['eval']['scales']):
