@@ -192,20 +192,7 @@ def run_all(tasks, jobs, env):
           tail = f.read()[-2000:]
         sys.exit(f'error: {" ".join(t.args)} failed (log {t.log.name}):\n{tail}')
       done.add(t.key)
-      _record_seconds(t)
       print(f'finished {t.key} in {t.seconds:.0f} s', flush=True)
-
-
-def _record_seconds(t):
-  path = os.path.join(t.workdir, 'bench_seconds.json')
-  rec = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      rec = json.load(f)
-  rec[t.key] = round(t.seconds, 1)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(rec, f)
-  os.replace(path + '.tmp', path)
 
 
 def main():
@@ -233,11 +220,16 @@ def main():
     return
   t0 = time.time()
   run_all(tasks, args.jobs, env)
-  wall = time.time() - t0
+  if tasks:  # every invocation that ran something is recorded; the table lists them all
+    with open(os.path.join(args.root, 'sweeps.jsonl'), 'a') as f:
+      f.write(json.dumps({'date': time.strftime('%Y-%m-%d %H:%M'), 'wall_s': round(time.time() - t0, 1),
+                          'jobs': args.jobs, 'cores': len(os.sched_getaffinity(0)),
+                          'seeds': args.seeds, 'steps': steps,
+                          'tasks': {t.key: [t.kind, round(t.seconds, 1)] for t in tasks.values()}}) + '\n')
   miou = {name: [result(w, v, steps, c) for w, v, c in rs] for name, rs in rows.items()}
   for name, values in miou.items():
     print(f'{name}: ' + ', '.join('-' if v is None else f'{100 * v:.1f}' for v in values))
-  write_table(args, miou, tasks, wall, steps)
+  write_table(args, miou, steps)
 
 
 def _fmt(values):
@@ -249,7 +241,7 @@ def _fmt(values):
   return f'{mean:.1f} +- {std:.1f} (n={len(v)})', mean
 
 
-def write_table(args, miou, tasks, wall, steps):
+def write_table(args, miou, steps):
   full_sup = _fmt(miou.get('fully_supervised', []))[1]
   lines = ['# Tables 1 and 5 on the synthetic benchmark', '',
            f'Produced by `python bench/ablations.py --seeds {args.seeds} --jobs {args.jobs}'
@@ -269,14 +261,7 @@ def write_table(args, miou, tasks, wall, steps):
     lines += ['', 'B3, B5 and B6 are the full run\'s checkpoints evaluated without the attention '
               'unary (B3 = B6) and with dense-CRF post-processing (B5): no loss reaches the '
               'CRF-RNN, so their training is the full method\'s (bench/ablations.py).']
-  ran = [t for t in tasks.values() if t.seconds is not None]
   log = os.path.join(args.root, 'sweeps.jsonl')
-  if ran:  # every invocation that ran something is recorded; the table lists them all
-    with open(log, 'a') as f:
-      f.write(json.dumps({'date': time.strftime('%Y-%m-%d %H:%M'), 'wall_s': round(wall, 1),
-                          'jobs': args.jobs, 'cores': len(os.sched_getaffinity(0)),
-                          'seeds': args.seeds, 'steps': steps,
-                          'tasks': {t.key: [t.kind, round(t.seconds, 1)] for t in ran}}) + '\n')
   lines += ['', '## Run time', '', 'Every invocation of the script that ran tasks (from '
             f'{os.path.relpath(log, ROOT)}):', '']
   sweeps = [json.loads(line) for line in open(log)] if os.path.exists(log) else []
