@@ -115,6 +115,10 @@ def colour_labels(im, k):
 
 
 def test_dense_crf_matches_pydensecrf2_on_photos():
+  """Same labels as pydensecrf2 on >= 98% of pixels (measured 99.96% / 99.95%).
+  The marginals differ a little because the spatial kernel runs on the pixel
+  grid here and on a lattice there: measured mean |dQ| 5e-5, 99.9th percentile
+  0.011 / 0.014, max 0.050 / 0.060 (tested: 5e-4, 0.03, 0.1)."""
   dcrf = pytest.importorskip("pydensecrf.densecrf", reason="pip install pydensecrf2")
   k = 21
   rng = np.random.default_rng(0)
@@ -132,7 +136,9 @@ def test_dense_crf_matches_pydensecrf2_on_photos():
     changed = (ref.argmax(-1) != p.argmax(-1)).mean()
     assert changed > 0.3, f"{name}: the CRF barely acted ({changed:.2f})"
     assert agree >= 0.98, f"{name}: {agree:.4f} of pixels agree with pydensecrf2"
-    np.testing.assert_allclose(ours, ref, atol=0.05)
+    diff = np.abs(ours - ref)
+    assert diff.mean() < 5e-4 and np.quantile(diff, 0.999) < 0.03 and diff.max() < 0.1, (
+      name, diff.mean(), np.quantile(diff, 0.999), diff.max())
 
 
 def np_mean_field(p, im, iters, kernels, clip=1e-5):

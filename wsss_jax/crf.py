@@ -7,7 +7,8 @@ Both run the same update, ``lax.scan`` over iterations, batched over images:
   Q_t = softmax(-phi - mu(sum_m w_m  N_m^{-1/2} K_m N_m^{-1/2} Q_{t-1}))
 
 with K_m Gaussian kernels over pixel features filtered on a permutohedral
-lattice (``wsss_jax.lattice``, built once per image and kernel), N_m = K_m 1 the
+lattice (``wsss_jax.lattice``, built once per image and kernel; a spatial-only
+kernel runs on the pixel grid with ``lattice.grid_filter``), N_m = K_m 1 the
 symmetric normalisation of Kraehenbuehl & Koltun's code, and mu the label
 compatibility (Potts for ``dense_crf``; a learned K x K 1x1 convolution
 initialised to Potts for the CRF-RNN layer, Eq. 12).
@@ -51,8 +52,16 @@ def pixel_features(image: jax.Array, kernel: Kernel):
 
 
 class _Filter(NamedTuple):
-  lattice: lattice_lib.Lattice
+  lattice: lattice_lib.Lattice | None   # None: spatial-only kernel on the pixel grid
   norm: jax.Array      # (N, 1) N_m^{-1/2}
+  grid: tuple | None = None             # (H, W, sxy) of a grid filter (static)
+
+  def __call__(self, v):
+    """K_m v for v (N, K)."""
+    if self.lattice is not None:
+      return lattice_lib.filter(self.lattice, v)
+    h, w, sxy = self.grid
+    return lattice_lib.grid_filter(v.reshape(h, w, -1), sxy).reshape(h * w, -1)
 
 
 def _filter_from(lat):
@@ -60,7 +69,14 @@ def _filter_from(lat):
   return _Filter(lat, jax.lax.rsqrt(lattice_lib.filter(lat, ones) + 1e-20))
 
 
+def _grid_filter(shape, kernel):
+  f = _Filter(None, None, (shape[0], shape[1], kernel.sxy))
+  return f._replace(norm=jax.lax.rsqrt(f(jnp.ones((shape[0] * shape[1], 1), jnp.float32)) + 1e-20))
+
+
 def _build_filter(image, kernel, capacity=None):
+  if kernel.srgb is None:
+    return _grid_filter(image.shape, kernel)
   feats, bounds = pixel_features(image, kernel)
   return _filter_from(lattice_lib.build(jax.lax.stop_gradient(feats), bounds, capacity))
 
@@ -69,24 +85,29 @@ def _message(filters, weights, q):
   """sum_m w_m N_m^{-1/2} K_m N_m^{-1/2} q for q (N, K)."""
   out = 0.0
   for f, w in zip(filters, weights):
-    out = out + w * f.norm * lattice_lib.filter(f.lattice, q * f.norm)
+    out = out + w * f.norm * f(q * f.norm)
   return out
 
 
 def _mean_field(unary, filters, weights, compat, iters):
   """Mean field for one image: unary (N, K) energies -> (logits, Q) (N, K).
   compat None is Potts in pydensecrf's form (-I), without the K x K product."""
-  def step(q, _):
+  import os
+  V = os.environ.get('MFV', '')
+  def step(carry, _):
+    q, _ = carry
     message = _message(filters, weights, q)
+    if 'm' in V: message = jax.lax.optimization_barrier(message)
     pairwise = -message if compat is None else message @ compat.T
     logits = -unary - pairwise
-    return jax.nn.softmax(logits, -1), logits
+    if 'l' in V: logits = jax.lax.optimization_barrier(logits)
+    return (jax.nn.softmax(logits, -1), logits), None
 
   q0 = jax.nn.softmax(-unary, -1)
   if iters == 0:
     return -unary, q0
-  q, logits = jax.lax.scan(step, q0, None, length=iters)
-  return logits[-1], q
+  (q, logits), _ = jax.lax.scan(step, (q0, -unary), None, length=iters)
+  return logits, q
 
 
 # ---------------------------------------------------------------- dense_crf
@@ -98,29 +119,78 @@ def _check_inputs(probs, image):
       f"B, H, W; got probs {tuple(probs.shape)}, image {tuple(image.shape)}")
 
 
-@functools.partial(jax.jit, static_argnames=("kernels",))
+def _per_image(fun, *args):
+  """fun over the leading (batch) axis of args: ``lax.map`` on CPU, where one
+  image at a time keeps the lattice gathers and scatters unbatched (mean-field
+  step 17 vs 22 ms at 321 px, docs/DESIGN.md), ``vmap`` on accelerators."""
+  if jax.default_backend() == "cpu":
+    return jax.lax.map(lambda a: fun(*a), args)
+  return jax.vmap(fun)(*args)
+
+
+def _on_lattice(kernels):
+  return tuple(k for k in kernels if k.srgb is not None)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiler_options() -> dict:
+  """XLA options for dense_crf's own jits: on CPU, YNNPACK fusion off (it makes
+  the mean-field step 1.5x slower: 19.7 vs 13.0 ms per bilateral iteration at
+  321 px, docs/DESIGN.md). Empty elsewhere, or if this XLA lacks the option."""
+  opts = {"xla_cpu_experimental_ynn_fusion_type": ""}
+  if jax.default_backend() != "cpu":
+    return {}
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=opts).lower(np.float32(0)).compile()
+  except Exception:  # noqa: BLE001 (an unknown option name is all this can raise)
+    return {}
+  return opts
+
+
+def _jit(fun=None, **kwargs):
+  """jax.jit with ``_compiler_options`` (decided on first call, after backend
+  init) when called at top level; a plain jit inside an outer transformation,
+  where XLA options belong to the outer jit."""
+  if fun is None:
+    return functools.partial(_jit, **kwargs)
+  plain, tuned = jax.jit(fun, **kwargs), []
+
+  @functools.wraps(fun)
+  def call(*args, **kw):
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kw))):
+      return plain(*args, **kw)
+    if not tuned:
+      tuned.append(jax.jit(fun, compiler_options=_compiler_options(), **kwargs))
+    return tuned[0](*args, **kw)
+  return call
+
+
+@functools.partial(_jit, static_argnames=("kernels",))
 def _hash_all(image, kernels):
-  """Phase 1 of dense_crf: each kernel's lattice keys for every image."""
+  """Phase 1 of dense_crf: the lattice keys of every bilateral kernel, every image."""
   def one(im):
-    return tuple(lattice_lib.hash_points(*pixel_features(im, k)) for k in kernels)
-  return jax.vmap(one)(image)
+    return tuple(lattice_lib.hash_points(*pixel_features(im, k)) for k in _on_lattice(kernels))
+  return _per_image(one, image)
 
 
-@functools.partial(jax.jit, static_argnames=("kernels", "iters", "clip", "capacity"))
+@functools.partial(_jit, static_argnames=("kernels", "iters", "clip", "capacity"))
 def _dense_crf(probs, image, hashed, kernels, iters, clip, capacity):
-  """Phase 2: lattices cut to ``capacity`` rows, then mean field."""
+  """Phase 2: lattices cut to ``capacity`` rows (one per bilateral kernel), then mean field."""
   def one(p, im, hashed):
     h, w, k = p.shape
     unary = -jnp.log(jnp.clip(p.reshape(h * w, k).astype(jnp.float32), clip, 1.0))
     if hashed is None:
-      hashed = [lattice_lib.hash_points(*pixel_features(im, kern)) for kern in kernels]
-    filters = [_filter_from(lattice_lib.connect(hs, pixel_features(im, kern)[1], cap))
-         for hs, kern, cap in zip(hashed, kernels, capacity)]
+      hashed = [lattice_lib.hash_points(*pixel_features(im, kern)) for kern in _on_lattice(kernels)]
+    hashed, capacities = iter(hashed), iter(capacity)
+    filters = [_grid_filter(im.shape, kern) if kern.srgb is None else
+               _filter_from(lattice_lib.connect(next(hashed), pixel_features(im, kern)[1],
+                                                next(capacities)))
+               for kern in kernels]
     _, q = _mean_field(unary, filters, [kern.weight for kern in kernels], None, iters)
     return q.reshape(h, w, k)
   if hashed is None:
-    return jax.vmap(lambda p, im: one(p, im, None))(probs, image)
-  return jax.vmap(one)(probs, image, hashed)
+    return _per_image(lambda p, im: one(p, im, None), probs, image)
+  return _per_image(one, probs, image, hashed)
 
 
 def dense_crf(probs, image, *, iters: int = 10,
@@ -137,11 +207,14 @@ def dense_crf(probs, image, *, iters: int = 10,
   compatibility, ``iters`` mean-field iterations. Returns the (B, H, W, K)
   marginals Q. A compat of 0 drops that kernel.
 
-  capacity: lattice rows for the (gaussian, bilateral) kernels. By default
-  they are measured on the images (one cheap sort) and rounded up to a
-  multiple of 4096, so filtering costs what the image needs, not the worst
-  case N(d+1) (one host sync between the two jitted phases; a new capacity
-  compiles once more); inside an outer ``jit`` the worst case is used.
+  The spatial kernel runs on the pixel grid (``lattice.grid_filter``), the
+  bilateral one on a permutohedral lattice. capacity: lattice rows for the
+  (gaussian, bilateral) kernels; the gaussian entry is ignored (it needs no
+  lattice). By default they are measured on the images (one cheap sort) and
+  rounded up to a multiple of 4096, so filtering costs what the image needs,
+  not the worst case N(d+1) (one host sync between the two jitted phases; a
+  new capacity compiles once more); inside an outer ``jit`` the worst case is
+  used.
   """
   _check_inputs(probs, image)
   kernels = []
@@ -153,11 +226,11 @@ def dense_crf(probs, image, *, iters: int = 10,
   kernels = tuple(kernels)
   probs, image = jnp.asarray(probs), jnp.asarray(image)
   if capacity is not None:
-    return _dense_crf(probs, image, None, kernels, int(iters), float(clip),
-             tuple(int(c) for c in capacity))
+    capacity = (int(capacity[-1]),) if bilateral_compat else ()
+    return _dense_crf(probs, image, None, kernels, int(iters), float(clip), capacity)
   if isinstance(probs, jax.core.Tracer) or isinstance(image, jax.core.Tracer):
     return _dense_crf(probs, image, None, kernels, int(iters), float(clip),
-             tuple(None for _ in kernels))
+             tuple(None for _ in _on_lattice(kernels)))
   hashed = _hash_all(image, kernels)
   sizes = [int(np.max(np.asarray(hs.size))) for hs in hashed]
   capacity = tuple(-(-s // 4096) * 4096 for s in sizes)
@@ -204,7 +277,8 @@ def crf_rnn(params: dict, seg_probs: jax.Array, image: jax.Array,
     filters = [_build_filter(im, kern, capacity) for kern in kernels]
     logits, q = _mean_field(u.reshape(h * w, k), filters,
                             [kern.weight for kern in kernels], params["compat"], iters)
-    size = jnp.max(jnp.stack([f.lattice.size for f in filters]))
+    size = jnp.max(jnp.stack([jnp.int32(0)] + [f.lattice.size for f in filters
+                                               if f.lattice is not None]))
     return logits.reshape(h, w, k), q.reshape(h, w, k), size
 
   logits, probs, size = jax.vmap(one)(unary, image)

@@ -17,7 +17,9 @@ bounds), keys are sorted and deduplicated, and blur neighbours are found by a
 vectorised binary search in the sorted keys. The lattice for an image is built
 once and reused for every label and every mean-field iteration.
 
-``exact_filter`` is the O(N^2) reference for small images.
+``grid_filter`` is the spatial-only kernel (no colour term): its features are
+the pixel grid itself, so it runs on a regular coarse grid with strided slices
+instead of a lattice. ``exact_filter`` is the O(N^2) reference for small images.
 """
 from __future__ import annotations
 
@@ -104,8 +106,13 @@ def _key_layout(d: int, bounds) -> tuple[list[list[int]], np.ndarray, np.ndarray
 def _encode(keys, rem, d, layout):
   """Keys (..., d) int32 and remainders (...) -> tuple of int32 words and a
   validity mask (False for keys outside the static range: never in a lattice)."""
+  return _encode_quotients((keys - rem[..., None]) // (d + 1), rem, layout)
+
+
+def _encode_quotients(q, rem, layout):
+  """As ``_encode`` from the quotients q = (key - rem) / (d+1) (..., d)."""
   words, qmin, radix = layout
-  q = (keys - rem[..., None]) // (d + 1) - jnp.asarray(qmin, jnp.int32)
+  q = q - jnp.asarray(qmin, jnp.int32)
   valid = jnp.all((q >= 0) & (q < jnp.asarray(radix, jnp.int32)), axis=-1)
   out = []
   for w, dims in enumerate(words):
@@ -117,7 +124,10 @@ def _encode(keys, rem, d, layout):
 
 
 def _embed(features, d):
-  """Elevate scaled features, find each point's simplex: (keys, rem, bary)."""
+  """Elevate scaled features, find each point's simplex: (quotients, rem, bary).
+
+  Vertex r of a point's simplex is the key k = (d+1) q + r (all d+1 coordinates
+  congruent to r); returning q spares the integer division of the keys."""
   n = features.shape[0]
   cf = features.astype(jnp.float32) * _scale_factors(d)
   # elevated[j] = sum_{i>=j} cf_i - j cf_{j-1}, computed as Kraehenbuehl does
@@ -140,18 +150,19 @@ def _embed(features, d):
   rank = rank + total[:, None]
   low, high = rank < 0, rank > d
   rank = jnp.where(low, rank + d + 1, jnp.where(high, rank - d - 1, rank))
-  rem0 = jnp.where(low, rem0 + d + 1, jnp.where(high, rem0 - d - 1, rem0))
+  rd = jnp.where(low, rd + 1, jnp.where(high, rd - 1, rd))
+  rem0 = rd * (d + 1)
   v = (elevated - rem0.astype(jnp.float32)) * down
   bary = jnp.zeros((n, d + 2), jnp.float32)
   rows = jnp.arange(n)[:, None]
   bary = bary.at[rows, d - rank].add(v).at[rows, d - rank + 1].add(-v)
   bary = bary.at[:, 0].add(1.0 + bary[:, d + 1])[:, :d + 1]
-  # vertex r of the simplex: rem0 + canonical[r][rank]
+  # vertex r of the simplex: rem0 + canonical[r][rank], canonical[r][i] = r
+  # where rank_i <= d - r, else r - (d+1); so its quotient is rd or rd - 1
   r = jnp.arange(d + 1, dtype=jnp.int32)[None, :, None]
-  canon = jnp.where(rank[:, None, :] <= d - r, r, r - (d + 1))
-  keys = (rem0[:, None, :] + canon)[..., :d]          # (N, d+1, d)
-  rem = jnp.broadcast_to(r[..., 0], keys.shape[:2])     # (N, d+1)
-  return keys, rem, bary
+  quot = (rd[:, None, :] - (rank[:, None, :] > d - r).astype(jnp.int32))[..., :d]  # (N, d+1, d)
+  rem = jnp.broadcast_to(r[..., 0], quot.shape[:2])     # (N, d+1)
+  return quot, rem, bary
 
 
 def _lex_less(a, b):
@@ -204,13 +215,19 @@ def hash_points(features: jax.Array, bounds: Sequence[tuple[float, float]]) -> H
   layout = _key_layout(d, bounds)
   lo = np.array([b[0] for b in bounds], np.float32)
   hi = np.array([b[1] for b in bounds], np.float32)
-  keys, rem, bary = _embed(jnp.clip(features, lo, hi), d)
-  words, _ = _encode(keys, rem, d, layout)
+  quot, rem, bary = _embed(jnp.clip(features, lo, hi), d)
+  words, _ = _encode_quotients(quot, rem, layout)
   flat = tuple(w.reshape(-1) for w in words)
   count = flat[0].shape[0]
-  # sorting the keys alone and searching them back is ~4x faster on CPU than
-  # sorting them with a permutation payload
-  sorted_words = tuple(jax.lax.sort(flat, num_keys=len(flat)))
+  # A vertex equal to the same vertex of the previous point (the left
+  # neighbour, for pixels in row-major order: 50-70% of them on photos) is
+  # sorted as padding: sorting fewer distinct values is up to 1.7x faster.
+  # Sorting the keys alone and searching them back is ~4x faster on CPU than
+  # sorting them with a permutation payload.
+  repeat = jnp.all(jnp.stack([w[1:] == w[:-1] for w in words]), 0)   # (N-1, d+1)
+  repeat = jnp.concatenate([jnp.zeros((1, d + 1), bool), repeat]).reshape(-1)
+  sorted_words = tuple(jax.lax.sort(tuple(jnp.where(repeat, _INT32_MAX, w) for w in flat),
+                                    num_keys=len(flat)))
   changed = jnp.zeros(count, bool).at[0].set(True)
   for w in sorted_words:
     changed = changed.at[1:].set(changed[1:] | (w[1:] != w[:-1]))
@@ -218,7 +235,8 @@ def hash_points(features: jax.Array, bounds: Sequence[tuple[float, float]]) -> H
   uniq = tuple(jnp.full(count, _INT32_MAX, jnp.int32).at[seg].set(w)
         for w in sorted_words)
   offsets = _search(uniq, flat, count).reshape(n, d + 1)
-  return Hashed(offsets, bary, uniq, seg[-1] + 1)
+  padded = (sorted_words[0][-1] == _INT32_MAX).astype(jnp.int32)  # repeats sort last
+  return Hashed(offsets, bary, uniq, seg[-1] + 1 - padded)
 
 
 def connect(hashed: Hashed, bounds: Sequence[tuple[float, float]],
@@ -302,6 +320,87 @@ def filter(lattice: Lattice, values: jax.Array) -> jax.Array:  # noqa: A001
   for r in range(dp1):
     out = out + lattice.weights[:, r, None] * grid[lattice.offsets[:, r]]
   return alpha * out
+
+
+# ------------------------------------------------ spatial-only kernel, pixel grid
+
+def _grid_layout(sxy: float) -> tuple[int, np.ndarray]:
+  """Coarse-grid stride s (pixels) and blur taps for a spatial Gaussian of width sxy.
+
+  Tent splat and tent slice at stride s each add variance (s^2 - 1)/6 px^2
+  (a discrete tent of half-width s); the coarse blur supplies the rest, so the
+  composite kernel has the Gaussian's variance sxy^2. s = floor(sxy) keeps the
+  coarse blur positive and short; s = 1 (sxy < 2) is the exact Gaussian
+  truncated at 4 sxy. The taps are scaled so the kernel's mass equals the exact
+  sum over the integer grid, sum_d exp(-d^2 / 2 sxy^2), per axis.
+  """
+  s = max(1, int(math.floor(sxy)))
+  var = (sxy * sxy - (s * s - 1) / 3.0) / (s * s)      # in coarse cells^2
+  r = max(1, int(math.ceil(4.0 * math.sqrt(var))))
+  k = np.arange(-r, r + 1, dtype=np.float64)
+  taps = np.exp(-0.5 * k * k / var)
+  d = np.arange(-int(math.ceil(8 * sxy)), int(math.ceil(8 * sxy)) + 1, dtype=np.float64)
+  mass = np.exp(-0.5 * d * d / (sxy * sxy)).sum()
+  return s, (taps * (mass / s) / taps.sum()).astype(np.float32)
+
+
+def _grid_splat(x, axis, s):
+  """Tent splat along ``axis``: pixel s*a + b gives (1 - b/s) to node a and b/s
+  to node a + 1 (strided slices, no scatter)."""
+  if s == 1:
+    return x
+  n = x.shape[axis]
+  a = -(-n // s)
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, a * s - n)
+  x = jnp.pad(x, pad)
+  x = x.reshape(x.shape[:axis] + (a, s) + x.shape[axis + 1:])
+  phase = [jax.lax.index_in_dim(x, b, axis + 1, keepdims=False) for b in range(s)]
+  low = sum((1.0 - b / s) * p for b, p in enumerate(phase))
+  high = sum((b / s) * p for b, p in enumerate(phase) if b)
+  lo_pad, hi_pad = [(0, 0)] * (x.ndim - 1), [(0, 0)] * (x.ndim - 1)
+  lo_pad[axis], hi_pad[axis] = (0, 1), (1, 0)
+  return jnp.pad(low, lo_pad) + jnp.pad(high, hi_pad)
+
+
+def _grid_slice(c, axis, s, n):
+  """Transpose of ``_grid_splat``: linear interpolation between nodes."""
+  if s == 1:
+    return c
+  a = c.shape[axis] - 1
+  lo = jax.lax.slice_in_dim(c, 0, a, axis=axis)
+  hi = jax.lax.slice_in_dim(c, 1, a + 1, axis=axis)
+  y = jnp.stack([(1.0 - b / s) * lo + (b / s) * hi for b in range(s)], axis + 1)
+  y = y.reshape(y.shape[:axis] + (a * s,) + y.shape[axis + 2:])
+  return jax.lax.slice_in_dim(y, 0, n, axis=axis)
+
+
+def _grid_blur(c, axis, taps):
+  r = len(taps) // 2
+  n = c.shape[axis]
+  pad = [(0, 0)] * c.ndim
+  pad[axis] = (r, r)
+  p = jnp.pad(c, pad)
+  return sum(float(t) * jax.lax.slice_in_dim(p, i, i + n, axis=axis)
+             for i, t in enumerate(taps))
+
+
+def grid_filter(values: jax.Array, sxy: float) -> jax.Array:
+  """Approximate ``sum_j exp(-|p_i - p_j|^2 / 2 sxy^2) v_j`` over pixel
+  positions p for values (H, W, K): the spatial-only kernel of the dense CRF.
+
+  Separable tent splat onto a grid of stride floor(sxy), Gaussian blur there,
+  tent slice back: strided slices and sums only, so it fuses into a few passes
+  over the image (no scatter or gather, unlike a lattice). Zero outside the
+  image, as the exact sum. sxy < 2 is the exact Gaussian (truncated at 4 sxy).
+  """
+  if sxy <= 0:
+    raise ValueError(f"grid_filter: sxy must be positive, got {sxy}")
+  h, w = values.shape[:2]
+  s, taps = _grid_layout(float(sxy))
+  c = _grid_splat(_grid_splat(values.astype(jnp.float32), 0, s), 1, s)
+  c = _grid_blur(_grid_blur(c, 0, taps), 1, taps)
+  return _grid_slice(_grid_slice(c, 0, s, h), 1, s, w)
 
 
 def exact_filter(features: jax.Array, values: jax.Array) -> jax.Array:
