@@ -91,16 +91,13 @@ def _message(filters, weights, q):
 
 def _mean_field(unary, filters, weights, compat, iters):
   """Mean field for one image: unary (N, K) energies -> (logits, Q) (N, K).
-  compat None is Potts in pydensecrf's form (-I), without the K x K product."""
-  import os
-  V = os.environ.get('MFV', '')
+  compat None is Potts in pydensecrf's form (-I), without the K x K product.
+  The last logits ride in the scan carry (not stacked over iterations)."""
   def step(carry, _):
     q, _ = carry
     message = _message(filters, weights, q)
-    if 'm' in V: message = jax.lax.optimization_barrier(message)
     pairwise = -message if compat is None else message @ compat.T
     logits = -unary - pairwise
-    if 'l' in V: logits = jax.lax.optimization_barrier(logits)
     return (jax.nn.softmax(logits, -1), logits), None
 
   q0 = jax.nn.softmax(-unary, -1)

@@ -116,9 +116,13 @@ def _encode_quotients(q, rem, layout):
   valid = jnp.all((q >= 0) & (q < jnp.asarray(radix, jnp.int32)), axis=-1)
   out = []
   for w, dims in enumerate(words):
-    code = rem if w == 0 else jnp.zeros_like(rem)
-    for i in dims:
-      code = code * int(radix[i]) + q[..., i]
+    # mixed radix: code = (..(rem * R_a + q_a) * R_b + q_b ..), as one sum of
+    # q_i * stride_i (a reduction: XLA computes it once instead of inside
+    # every consumer, 55 -> 37 ms for the 321 px bilateral hash on CPU)
+    strides = np.cumprod([1] + [int(radix[i]) for i in reversed(dims)])[::-1]
+    code = jnp.sum(q[..., dims] * jnp.asarray(strides[1:], jnp.int32), axis=-1)
+    if w == 0:
+      code = code + rem * int(strides[0])
     out.append(jnp.where(valid, code, _INT32_MAX))
   return tuple(out), valid
 
@@ -315,6 +319,10 @@ def filter(lattice: Lattice, values: jax.Array) -> jax.Array:  # noqa: A001
   grid = grid.at[capacity].set(0.0)
   for j in range(dp1):
     grid = grid + 0.5 * (grid[lattice.blur[j, 0]] + grid[lattice.blur[j, 1]])
+  # (the sentinel row stays 0 through the blur; writing it again makes XLA
+  # materialise the blurred grid rather than redo the last blur step inside
+  # each of the d+1 slice gathers: mean-field step 17 -> 15 ms at 321 px on CPU)
+  grid = grid.at[capacity].set(0.0)
   alpha = 1.0 / (1.0 + 2.0 ** (-(dp1 - 1)))
   out = 0.0
   for r in range(dp1):
@@ -328,8 +336,11 @@ def _grid_layout(sxy: float) -> tuple[int, np.ndarray]:
   """Coarse-grid stride s (pixels) and blur taps for a spatial Gaussian of width sxy.
 
   Tent splat and tent slice at stride s each add variance (s^2 - 1)/6 px^2
-  (a discrete tent of half-width s); the coarse blur supplies the rest, so the
-  composite kernel has the Gaussian's variance sxy^2. s = floor(sxy) keeps the
+  (a discrete tent of half-width s, averaged over a pixel's position between
+  two nodes); the coarse blur supplies the rest, so the composite kernel has
+  the Gaussian's variance sxy^2 on average (per position it varies by -17% ..
+  +13%, as the lattice's kernel varies with a point's place in its simplex:
+  tests/test_crf.py). s = floor(sxy) keeps the
   coarse blur positive and short; s = 1 (sxy < 2) is the exact Gaussian
   truncated at 4 sxy. The taps are scaled so the kernel's mass equals the exact
   sum over the integer grid, sum_d exp(-d^2 / 2 sxy^2), per axis.
