@@ -48,6 +48,7 @@ def test_full_step_on_two_devices_updates_every_group(seg_loss_on):
   config.train.warmup_steps = 0
   config.train.seg_loss_on = seg_loss_on
   config.train.batch_size = 4
+  config.model.crf.lattice_capacity = 16   # too small on purpose: lattice_fill must say so
   state = train_lib.create_state(config, jax.random.key_data(jax.random.key(0)))
   assert set(state.params) == {'backbone', 'fcl', 'crf'}
   ds = data.make_dataset(config.data, 'train')
@@ -60,6 +61,10 @@ def test_full_step_on_two_devices_updates_every_group(seg_loss_on):
   aux = {k: float(v[0]) for k, v in aux.items()}
   assert np.isfinite(aux['loss']) and aux['seg_loss'] > 0 and aux['cls_loss'] > 0
   assert aux['loss'] == pytest.approx(aux['cls_loss'] + 1.5 * aux['seg_loss'], rel=1e-5)
+  # the CRF-RNN is computed (and its lattice checked) only when a loss reaches it
+  assert ('lattice_fill' in aux) == (seg_loss_on == 'crf')
+  if seg_loss_on == 'crf':
+    assert aux['lattice_fill'] > 1.0
   new = jax.tree.map(lambda x: np.asarray(x)[0], new.params)
   for group in ('backbone', 'fcl', 'crf'):
     moved = max(float(np.max(np.abs(a - b))) for a, b in
@@ -101,7 +106,7 @@ def test_inference_without_confident_class_falls_back_to_background():
   mask = model.predicted_classes(out['image_logits'], config.eval.class_threshold)
   np.testing.assert_array_equal(np.asarray(mask), np.eye(1, config.data.num_classes + 1).repeat(2, 0))
   pred = jax.jit(lambda p, x: model.infer(p, x, config))(params, images)
-  assert set(pred) == {'final', 'cnn', 'attention'}
+  assert set(pred) == {'final', 'cnn', 'attention', 'lattice_size'}
   np.testing.assert_array_equal(np.asarray(pred['final']), 0)
   np.testing.assert_array_equal(np.asarray(pred['attention']), 0)
   seg = jax.jit(lambda p, x, m: model.segment(p, x, config, m, train=False))(params, images, mask)
@@ -135,7 +140,8 @@ def test_eval_reports_miou_of_final_cnn_and_attention_maps():
   # its argmax is sensitive to the batch a kernel sees)
   infer = jax.jit(lambda p, x: model.infer(p, x, config))
   shards = [infer(params, x) for x in np.split(images, jax.device_count())]
-  pred = {key: np.concatenate([np.asarray(s[key]) for s in shards]) for key in shards[0]}
+  pred = {key: np.concatenate([np.asarray(s[key]) for s in shards]) for key in shards[0]
+          if key != 'lattice_size'}
   k = config.data.num_classes + 1
   got = {key: _numpy_miou(pred[key], masks, k) for key in ('final', 'cnn', 'attention')}
   assert res['miou'] == pytest.approx(got['final'], abs=1e-6)
@@ -175,3 +181,19 @@ def test_bad_attention_stop_layer_is_one_config_error(stop_at, message):
   config.model.attention.neighbors = False  # plain excitation backprop may stop anywhere
   if stop_at == 'pool2':
     train_lib.validate_config(config)
+
+
+def test_too_small_lattice_capacity_is_reported(capsys):
+  """A CRF-RNN lattice capacity below what an image needs drops lattice points: eval warns and
+  records lattice_fill > 1; the training log window keeps the worst step (lattice_fill_max)."""
+  config = _config()
+  config.eval.tune_threshold = False
+  config.model.crf.lattice_capacity = 16
+  params = model.init_params(jax.random.key(3), config)
+  res = train_lib.evaluate(params, config, 'val', limit=config.eval.batch_size)
+  assert res['lattice_fill'] > 1.0
+  assert 'CRF-RNN lattice rows but model.crf.lattice_capacity is 16' in capsys.readouterr().out
+  window = [(s, {'loss': np.array([1.0]), 'nonfinite': np.array([0]), 'lattice_fill': np.array([f])})
+            for s, f in ((1, 0.5), (2, 1.5), (3, 0.7))]
+  means, bad = train_lib._window_summary(window)
+  assert means['lattice_fill'] == pytest.approx(0.9) and means['lattice_fill_max'] == 1.5 and not bad

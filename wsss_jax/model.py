@@ -180,7 +180,9 @@ def infer(params: Mapping[str, Any], images: jax.Array, config: Mapping[str, Any
   """Inference without tags (Sec. 7): classes predicted from the image scores
   (eval.class_threshold), attention for them (unless eval.attention is False: B6), CRF-RNN,
   optional dense-CRF post-processing (eval.dense_crf: B5) and multi-scale/flip averaging of p^S.
-  Returns label maps 'final', 'cnn' (argmax p^S) and, with attention, 'attention' (argmax p^A)."""
+  Returns label maps 'final', 'cnn' (argmax p^S) and, with attention, 'attention' (argmax p^A);
+  when the CRF-RNN ran, also 'lattice_size': the lattice rows its largest image needed (more than
+  model.crf.lattice_capacity means lattice points were dropped)."""
   e = config['eval']
   out, acts = bottom_up(params, images, config, train=False)
   if len(e['scales']) > 1 or e['flip'] or float(e['scales'][0]) != 1.0:
@@ -201,6 +203,8 @@ def infer(params: Mapping[str, Any], images: jax.Array, config: Mapping[str, Any
   pred = {'final': jnp.argmax(probs, -1), 'cnn': jnp.argmax(out['p_s'], -1)}
   if 'attention' in out:
     pred['attention'] = jnp.argmax(out['attention'], -1)
+  if 'lattice_size' in out:
+    pred['lattice_size'] = out['lattice_size']
   return pred
 
 

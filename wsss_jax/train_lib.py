@@ -340,11 +340,13 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
 
 def eval_step(params, batch, config):
   """Confusion matrices of this shard's label maps (final; CNN argmax p^S; attention argmax
-  p^A, for the predicted classes), summed over all devices (and processes), and the maps."""
+  p^A, for the predicted classes), summed over all devices (and processes), the largest
+  CRF-RNN lattice any of them needed (0 without a CRF-RNN), and the maps."""
   k = config.data.num_classes + 1
   pred = model.infer(params, batch['image'], config)
+  size = pred.pop('lattice_size', jnp.zeros((), jnp.int32))
   conf = {name: metrics.confusion_matrix(batch['mask'], maps, k) for name, maps in pred.items()}
-  return jax.lax.psum(conf, AXIS), pred
+  return jax.lax.psum(conf, AXIS), jax.lax.pmax(size, AXIS), pred
 
 
 def shard(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -533,6 +535,8 @@ def _window_summary(window: list[tuple[int, dict[str, Any]]]) -> tuple[dict[str,
   good = [row for row in rows if not row['nonfinite']] or rows
   means = {k: float(np.mean([row[k] for row in good])) for k in rows[0] if k != 'nonfinite'}
   means['nonfinite_steps'] = float(len(bad))
+  if 'lattice_fill' in rows[0]:
+    means['lattice_fill_max'] = float(max(row['lattice_fill'] for row in rows))
   return means, bad
 
 
@@ -614,6 +618,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   bar = tqdm(total=num_steps, initial=start, disable=not config.train.progress_bar or jax.process_index() != 0,
              unit='step', dynamic_ncols=True)
   t_window, window, pending_stop, done = time.perf_counter(), [], None, start
+  warned_fill = []
 
   def flush_window():
     """Log the window's metrics; with nonfinite='stop', stop at a non-finite step."""
@@ -628,6 +633,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _log_metrics(workdir, scalars)
     bar.set_postfix(loss=f'{scalars["loss"]:.4f}', img_s=f'{ips:.0f}')
     t_window, window = time.perf_counter(), []
+    if scalars.get('lattice_fill_max', 0.0) > 1.0 and not warned_fill:
+      warned_fill.append(step)
+      print(f'warning: at step {step} a training image needed {scalars["lattice_fill_max"]:.2f}x '
+            f'model.crf.lattice_capacity ({config.model.crf.lattice_capacity}) CRF-RNN lattice '
+            'rows: points past it are dropped; raise it or set it to 0 (worst case). '
+            'Warned once; metrics.jsonl logs lattice_fill_max per window.')
     if bad:
       first, row = bad[0]
       terms = ', '.join(f'{k}={v:.4g}' for k, v in row.items() if k != 'nonfinite')
@@ -747,8 +758,10 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
   shown, predictions = [], {}
   limit = limit if limit is not None else (config.eval.num_examples or None)
   unlabelled = split == 'test' and hasattr(ds, 'name')
+  lattice_rows = 0
   for batch in _eval_stream(ds, config, limit):
-    c, pred = p_eval(rparams, shard({kk: batch[kk] for kk in ('image', 'tags', 'mask')}))
+    c, size, pred = p_eval(rparams, shard({kk: batch[kk] for kk in ('image', 'tags', 'mask')}))
+    lattice_rows = max(lattice_rows, int(np.asarray(size)[0]))
     for name, m in c.items():
       confs[name] = confs.get(name, 0) + np.asarray(m[0], np.int64)
     if len(shown) < config.eval.num_images or unlabelled:
@@ -772,6 +785,13 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
             'model_crf': {kk: config.model.crf[kk] for kk in CRF_INFERENCE_KEYS},
             'iou': {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
             'confusion': conf.tolist()}
+  capacity = config.model.crf.lattice_capacity
+  if capacity and lattice_rows:
+    result['lattice_fill'] = lattice_rows / capacity
+    if lattice_rows > capacity and jax.process_index() == 0:
+      print(f'warning: an image of {split} needs {lattice_rows} CRF-RNN lattice rows but '
+            f'model.crf.lattice_capacity is {capacity}: lattice points past it were dropped '
+            f'(their message mass is lost); raise it or set it to 0 (worst case)')
   suffix = f'{split}_{variant}' if variant else split
   if workdir is not None and unlabelled:
     result['server_archive'] = write_server_results(workdir, suffix, predictions)
