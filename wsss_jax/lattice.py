@@ -340,10 +340,10 @@ def _grid_layout(sxy: float) -> tuple[int, np.ndarray]:
   two nodes); the coarse blur supplies the rest, so the composite kernel has
   the Gaussian's variance sxy^2 on average (per position it varies by -17% ..
   +13%, as the lattice's kernel varies with a point's place in its simplex:
-  tests/test_crf.py). s = floor(sxy) keeps the
-  coarse blur positive and short; s = 1 (sxy < 2) is the exact Gaussian
-  truncated at 4 sxy. The taps are scaled so the kernel's mass equals the exact
-  sum over the integer grid, sum_d exp(-d^2 / 2 sxy^2), per axis.
+  tests/test_crf.py). s = floor(sxy) keeps the coarse blur positive and short;
+  s = 1 (sxy < 2) is the exact Gaussian truncated at 4 sxy. The taps are
+  scaled so the kernel's mass equals the exact sum over the integer grid,
+  sum_d exp(-d^2 / 2 sxy^2), per axis.
   """
   s = max(1, int(math.floor(sxy)))
   var = (sxy * sxy - (s * s - 1) / 3.0) / (s * s)      # in coarse cells^2
