@@ -74,11 +74,15 @@ def _grid_filter(shape, kernel):
   return f._replace(norm=jax.lax.rsqrt(f(jnp.ones((shape[0] * shape[1], 1), jnp.float32)) + 1e-20))
 
 
-def _build_filter(image, kernel, capacity=None):
+def _build_filter(image, kernel, capacity=None, hashed=None):
+  """K_m for one image: on the pixel grid for a spatial-only kernel, else on a
+  lattice of ``capacity`` rows (``hashed``: its keys, if already computed)."""
   if kernel.srgb is None:
     return _grid_filter(image.shape, kernel)
   feats, bounds = pixel_features(image, kernel)
-  return _filter_from(lattice_lib.build(jax.lax.stop_gradient(feats), bounds, capacity))
+  if hashed is None:
+    hashed = lattice_lib.hash_points(jax.lax.stop_gradient(feats), bounds)
+  return _filter_from(lattice_lib.connect(hashed, bounds, capacity))
 
 
 def _message(filters, weights, q):
@@ -125,10 +129,6 @@ def _per_image(fun, *args):
   return jax.vmap(fun)(*args)
 
 
-def _on_lattice(kernels):
-  return tuple(k for k in kernels if k.srgb is not None)
-
-
 @functools.lru_cache(maxsize=None)
 def _compiler_options() -> dict:
   """XLA options for dense_crf's own jits: on CPU, YNNPACK fusion off (it makes
@@ -164,25 +164,22 @@ def _jit(fun=None, **kwargs):
 
 @functools.partial(_jit, static_argnames=("kernels",))
 def _hash_all(image, kernels):
-  """Phase 1 of dense_crf: the lattice keys of every bilateral kernel, every image."""
+  """Phase 1 of dense_crf: every kernel's lattice keys (None on the pixel grid), every image."""
   def one(im):
-    return tuple(lattice_lib.hash_points(*pixel_features(im, k)) for k in _on_lattice(kernels))
+    return tuple(None if k.srgb is None else lattice_lib.hash_points(*pixel_features(im, k))
+                 for k in kernels)
   return _per_image(one, image)
 
 
 @functools.partial(_jit, static_argnames=("kernels", "iters", "clip", "capacity"))
 def _dense_crf(probs, image, hashed, kernels, iters, clip, capacity):
-  """Phase 2: lattices cut to ``capacity`` rows (one per bilateral kernel), then mean field."""
+  """Phase 2: lattices cut to ``capacity`` rows (per kernel; None: worst case or
+  no lattice), then mean field. ``hashed`` None: the keys are computed here."""
   def one(p, im, hashed):
     h, w, k = p.shape
     unary = -jnp.log(jnp.clip(p.reshape(h * w, k).astype(jnp.float32), clip, 1.0))
-    if hashed is None:
-      hashed = [lattice_lib.hash_points(*pixel_features(im, kern)) for kern in _on_lattice(kernels)]
-    hashed, capacities = iter(hashed), iter(capacity)
-    filters = [_grid_filter(im.shape, kern) if kern.srgb is None else
-               _filter_from(lattice_lib.connect(next(hashed), pixel_features(im, kern)[1],
-                                                next(capacities)))
-               for kern in kernels]
+    hashed = (None,) * len(kernels) if hashed is None else hashed
+    filters = [_build_filter(im, kern, cap, hs) for kern, cap, hs in zip(kernels, capacity, hashed)]
     _, q = _mean_field(unary, filters, [kern.weight for kern in kernels], None, iters)
     return q.reshape(h, w, k)
   if hashed is None:
@@ -223,14 +220,13 @@ def dense_crf(probs, image, *, iters: int = 10,
   kernels = tuple(kernels)
   probs, image = jnp.asarray(probs), jnp.asarray(image)
   if capacity is not None:
-    capacity = (int(capacity[-1]),) if bilateral_compat else ()
+    capacity = tuple(None if k.srgb is None else int(capacity[-1]) for k in kernels)
     return _dense_crf(probs, image, None, kernels, int(iters), float(clip), capacity)
   if isinstance(probs, jax.core.Tracer) or isinstance(image, jax.core.Tracer):
-    return _dense_crf(probs, image, None, kernels, int(iters), float(clip),
-             tuple(None for _ in _on_lattice(kernels)))
+    return _dense_crf(probs, image, None, kernels, int(iters), float(clip), (None,) * len(kernels))
   hashed = _hash_all(image, kernels)
-  sizes = [int(np.max(np.asarray(hs.size))) for hs in hashed]
-  capacity = tuple(-(-s // 4096) * 4096 for s in sizes)
+  capacity = tuple(None if hs is None else -(-int(np.max(np.asarray(hs.size))) // 4096) * 4096
+                   for hs in hashed)
   return _dense_crf(probs, image, hashed, kernels, int(iters), float(clip), capacity)
 
 

@@ -618,11 +618,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   bar = tqdm(total=num_steps, initial=start, disable=not config.train.progress_bar or jax.process_index() != 0,
              unit='step', dynamic_ncols=True)
   t_window, window, pending_stop, done = time.perf_counter(), [], None, start
-  warned_fill = []
+  warned_fill = False
 
   def flush_window():
     """Log the window's metrics; with nonfinite='stop', stop at a non-finite step."""
-    nonlocal t_window, window
+    nonlocal t_window, window, warned_fill
     if not window:
       return
     scalars, bad = _window_summary(window)
@@ -634,7 +634,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     bar.set_postfix(loss=f'{scalars["loss"]:.4f}', img_s=f'{ips:.0f}')
     t_window, window = time.perf_counter(), []
     if scalars.get('lattice_fill_max', 0.0) > 1.0 and not warned_fill:
-      warned_fill.append(step)
+      warned_fill = True
       print(f'warning: at step {step} a training image needed {scalars["lattice_fill_max"]:.2f}x '
             f'model.crf.lattice_capacity ({config.model.crf.lattice_capacity}) CRF-RNN lattice '
             'rows: points past it are dropped; raise it or set it to 0 (worst case). '
