@@ -1,4 +1,5 @@
 """pmap data parallelism, checkpoint kill -> resume, end-to-end CLI and bad-input errors."""
+import copy
 import json
 import os
 import shutil
@@ -209,3 +210,22 @@ def test_init_from_starts_at_the_shared_warmup(tmp_path):
   with pytest.raises(train_lib.ConfigError, match=r'warm-up differs .* in config\.seed'):
     train_lib.train_and_evaluate(bad, str(tmp_path / 'bad'))
   assert not os.path.exists(os.path.join(tmp_path, 'bad', 'checkpoints', '2'))
+
+
+def test_warmup_signature_ignores_what_acts_after_the_warmup():
+  """A learning-rate step at or after train.warmup_steps (a longer run from a shared warm-up),
+  or another Delta^S target, leaves the warm-up unchanged; a step inside it does not."""
+  base = _tiny(warmup_steps=6, lr_decay_every=8)
+  def differs(**changes):
+    c = copy.deepcopy(base)
+    for key, value in changes.items():
+      c.train[key] = value
+    return train_lib._first_difference(train_lib.warmup_signature(base), train_lib.warmup_signature(c))
+  assert differs(lr_decay_every=6, num_steps=40) is None
+  assert differs(lr_decay_every=30, lr_decay_factor=0.5) is None
+  assert differs(lr_decay_factor=0.5) is None
+  assert differs(seg_target='crf') is None
+  assert 'lr_decay_every' in differs(lr_decay_every=5)
+  # the schedule behind it: a step at 5 lowers the warm-up's last learning rate, one at 6 does not
+  lr = lambda every: float(train_lib.learning_rate_schedule(_tiny(lr_decay_every=every))(5))
+  assert lr(6) == lr(8) == pytest.approx(base.train.learning_rate) and lr(5) < 0.5 * lr(6)

@@ -141,6 +141,18 @@ def refine(params, images, out, acts, class_mask, config, *, attention_unary: bo
   return out
 
 
+def refine_attention(params, images, p_a, config):
+  """p^A refined by the CRF-RNN's mean field alone (unary -log p^A, no p^S), as a fixed target
+  (train.seg_target = 'crf'; not in the paper). Returns (probs, largest lattice size)."""
+  c = config['model']['crf']
+  flat = jnp.full_like(p_a, 1.0 / p_a.shape[-1])
+  _, probs, size = crf.crf_rnn(
+      jax.lax.stop_gradient(params['crf']), flat, images.astype(jnp.float32),
+      jax.lax.stop_gradient(p_a), kernels=crf_kernels(config), iters=c['iters'],
+      capacity=c['lattice_capacity'] or None, return_lattice_size=True)
+  return jax.lax.stop_gradient(probs), size
+
+
 def segment(params: Mapping[str, Any], images: jax.Array, config: Mapping[str, Any],
             class_mask: jax.Array | None, *, train: bool, rng: jax.Array | None = None,
             attention_unary: bool | None = None) -> dict[str, jax.Array]:

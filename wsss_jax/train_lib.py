@@ -79,7 +79,7 @@ SCHEMA = {
               'crf': {'enabled': None, 'attention_unary': None, 'iters': None, 'sigma_z': None,
                       'sigma_r': None, 'bilateral_weight': None, 'spatial_weight': None,
                       'spatial_sxy': None, 'lattice_capacity': None}},
-    'train': {'mode': None, 'warmup_steps': None, 'seg_loss_weight': None, 'seg_loss_on': None, 'optimizer': None, 'batch_size': None, 'num_steps': None, 'learning_rate': None,
+    'train': {'mode': None, 'warmup_steps': None, 'seg_loss_weight': None, 'seg_loss_on': None, 'seg_target': None, 'optimizer': None, 'batch_size': None, 'num_steps': None, 'learning_rate': None,
               'momentum': None, 'weight_decay': None, 'lr_decay_every': None,
               'lr_decay_factor': None, 'checkpoint_every': None, 'keep_checkpoints': None,
               'log_every': None, 'progress_bar': None, 'nonfinite': None, 'init_from': None},
@@ -125,7 +125,8 @@ def validate_config(config: Mapping[str, Any]) -> None:
              'model.attention.lateral': (m['attention']['lateral'], ('diffusion', 'paper_eq9')),
              'model.attention.gradient': (m['attention']['gradient'], ('stop', 'through')),
              'model.attention.background': (m['attention']['background'], ('walk', 'complement')),
-             'train.seg_loss_on': (t['seg_loss_on'], ('crf', 'cnn'))}
+             'train.seg_loss_on': (t['seg_loss_on'], ('crf', 'cnn')),
+             'train.seg_target': (t['seg_target'], ('attention', 'crf'))}
   for key, (value, allowed) in choices.items():
     if value not in allowed:
       raise ConfigError(f'config.{key} must be one of {allowed}, got {value!r}')
@@ -139,6 +140,9 @@ def validate_config(config: Mapping[str, Any]) -> None:
                       'lateral QP (neighbors=True) needs pool3 or a layer above it')
   if m['cls_from'] == 'crf' and not m['crf']['enabled']:
     raise ConfigError('config.model.cls_from=crf needs config.model.crf.enabled=True')
+  if t['seg_target'] == 'crf' and not m['crf']['enabled']:
+    raise ConfigError('config.train.seg_target=crf needs config.model.crf.enabled=True (its mean '
+                      'field and kernels)')
   if not config['eval']['scales'] or any(float(x) <= 0 for x in config['eval']['scales']):
     raise ConfigError(f'config.eval.scales must be positive numbers, got {config["eval"]["scales"]!r}')
   for key in ('batch_size', 'num_steps', 'checkpoint_every', 'keep_checkpoints', 'log_every'):
@@ -244,9 +248,14 @@ def compute_loss(params, batch, rng, config):
   lam = config.train.seg_loss_weight
   crf_used = config.model.cls_from == 'crf'
   if 'attention' in out and lam:
-    crf_used |= config.train.seg_loss_on == 'crf' and 'crf_probs' in out
-    seg = out['crf_probs'] if crf_used else out['p_s']
-    seg_loss = jnp.mean(losses.segmentation_loss(out['attention'], seg, tags))
+    on_crf = config.train.seg_loss_on == 'crf' and 'crf_probs' in out
+    seg = out['crf_probs'] if on_crf else out['p_s']
+    target = out['attention']
+    if config.train.seg_target == 'crf':  # p^A snapped to image edges by the CRF-RNN's mean field
+      target, size = model.refine_attention(params, batch['image'], out['attention'], config)
+      metrics_['lattice_fill'] = size.astype(jnp.float32) / max(config.model.crf.lattice_capacity, 1)
+    crf_used |= on_crf
+    seg_loss = jnp.mean(losses.segmentation_loss(target, seg, tags))
     metrics_['seg_loss'] = seg_loss
     loss = loss + lam * seg_loss
   if crf_used and config.model.crf.lattice_capacity:  # (an unused CRF-RNN is not computed)
@@ -269,7 +278,7 @@ def warmup_config(config):
 # What does not act in the Delta^C warm-up (warmup_config turns attention and Delta^S off and
 # classifies from the CNN scores, so the CRF-RNN is not computed) or only does bookkeeping.
 _NOT_IN_WARMUP = ('model.attention', 'model.cls_from', 'model.crf', 'train.seg_loss_weight',
-                  'train.seg_loss_on', 'train.num_steps', 'train.checkpoint_every',
+                  'train.seg_loss_on', 'train.seg_target', 'train.num_steps', 'train.checkpoint_every',
                   'train.keep_checkpoints', 'train.log_every', 'train.progress_bar',
                   'train.init_from', 'eval')
 
@@ -286,6 +295,9 @@ def warmup_signature(config) -> dict[str, Any]:
       node = node[g]
     node.pop(leaf, None)
   sig['model']['crf_enabled'] = crf_enabled
+  if int(config.train.lr_decay_every) >= int(config.train.warmup_steps):  # no decay in the warm-up
+    sig['train'].pop('lr_decay_every')
+    sig['train'].pop('lr_decay_factor')
   return sig
 
 
@@ -831,7 +843,8 @@ def write_server_results(workdir: str, suffix: str, predictions: Mapping[str, np
 
 
 # CRF-RNN settings that only shape inference (no parameter depends on them), so eval.py --crf
-# may change them on a trained model; in training they matter only when a loss reaches the CRF.
+# may change them on a trained model; in training they matter only when a loss reaches the CRF
+# or it refines Delta^S's target (train.seg_target = 'crf').
 CRF_INFERENCE_KEYS = ('iters', 'sigma_z', 'sigma_r', 'bilateral_weight', 'spatial_weight', 'spatial_sxy')
 
 
