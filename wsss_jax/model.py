@@ -147,9 +147,8 @@ def refine_attention(params, images, p_a, config):
   c = config['model']['crf']
   flat = jnp.full_like(p_a, 1.0 / p_a.shape[-1])
   _, probs, size = crf.crf_rnn(
-      jax.lax.stop_gradient(params['crf']), flat, images.astype(jnp.float32),
-      jax.lax.stop_gradient(p_a), kernels=crf_kernels(config), iters=c['iters'],
-      capacity=c['lattice_capacity'] or None, return_lattice_size=True)
+      params['crf'], flat, images.astype(jnp.float32), p_a, kernels=crf_kernels(config),
+      iters=c['iters'], capacity=c['lattice_capacity'] or None, return_lattice_size=True)
   return jax.lax.stop_gradient(probs), size
 
 

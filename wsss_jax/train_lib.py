@@ -247,19 +247,22 @@ def compute_loss(params, batch, rng, config):
   loss = cls_loss
   lam = config.train.seg_loss_weight
   crf_used = config.model.cls_from == 'crf'
+  lattice_sizes = []  # of the CRF mean fields this step computes (an unused CRF-RNN is not)
   if 'attention' in out and lam:
-    on_crf = config.train.seg_loss_on == 'crf' and 'crf_probs' in out
-    seg = out['crf_probs'] if on_crf else out['p_s']
+    crf_used |= config.train.seg_loss_on == 'crf' and 'crf_probs' in out
+    seg = out['crf_probs'] if crf_used else out['p_s']  # (cls_from = 'crf' puts Delta^S there too)
     target = out['attention']
     if config.train.seg_target == 'crf':  # p^A snapped to image edges by the CRF-RNN's mean field
       target, size = model.refine_attention(params, batch['image'], out['attention'], config)
-      metrics_['lattice_fill'] = size.astype(jnp.float32) / max(config.model.crf.lattice_capacity, 1)
-    crf_used |= on_crf
+      lattice_sizes.append(size)
     seg_loss = jnp.mean(losses.segmentation_loss(target, seg, tags))
     metrics_['seg_loss'] = seg_loss
     loss = loss + lam * seg_loss
-  if crf_used and config.model.crf.lattice_capacity:  # (an unused CRF-RNN is not computed)
-    metrics_['lattice_fill'] = out['lattice_size'].astype(jnp.float32) / config.model.crf.lattice_capacity
+  if crf_used:
+    lattice_sizes.append(out['lattice_size'])
+  if lattice_sizes and config.model.crf.lattice_capacity:
+    metrics_['lattice_fill'] = (jnp.max(jnp.stack(lattice_sizes)).astype(jnp.float32)
+                                / config.model.crf.lattice_capacity)
   metrics_['loss'] = loss
   return loss, metrics_
 
