@@ -102,8 +102,8 @@ def test_crf_target_is_the_mean_field_of_the_attention_alone():
   assert 0 < int(size) <= h * w * 6
   # the bilateral messages matter here: the unary alone is far from the reference
   assert np.abs(p_a - ref).max() > 0.1
-  grad = jax.grad(lambda a: jnp.sum(model.refine_attention(params, jnp.asarray(im)[None], a, config)[0] ** 2))(
-      jnp.asarray(p_a, jnp.float32)[None])
+  squared = lambda a: jnp.sum(model.refine_attention(params, jnp.asarray(im)[None], a, config)[0] ** 2)
+  grad = jax.jit(jax.grad(squared))(jnp.asarray(p_a, jnp.float32)[None])
   assert float(jnp.max(jnp.abs(grad))) == 0.0
 
 
@@ -120,9 +120,8 @@ def test_loss_finite_with_one_tag_and_all_tags(which):
   else:
     tags[:] = 1.0
   batch['tags'] = tags
-  loss, aux = jax.jit(lambda p, b: train_lib.compute_loss(p, b, jax.random.key(0), config))(state.params, batch)
-  grads = jax.jit(jax.grad(lambda p, b: train_lib.compute_loss(p, b, jax.random.key(0), config)[0]))(
-      state.params, batch)
+  (loss, aux), grads = jax.jit(jax.value_and_grad(
+      lambda p, b: train_lib.compute_loss(p, b, jax.random.key(0), config), has_aux=True))(state.params, batch)
   assert np.isfinite(float(loss)) and all(np.isfinite(float(v)) for v in aux.values())
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
 

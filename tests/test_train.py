@@ -1,12 +1,10 @@
-"""pmap data parallelism, checkpoint kill -> resume, end-to-end CLI and bad-input errors."""
+"""pmap data parallelism, end-to-end CLI (train -> eval), shared warm-ups and bad-input errors."""
 import copy
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -44,16 +42,15 @@ def test_pmap_two_devices_equal_one_device(mode):
   state = train_lib.create_state(config, jax.random.key_data(jax.random.key(0)))
   ds = data.make_dataset(config.data, 'train')
   batch = next(data.train_batches(ds, global_batch=4, seed=0))
-  p1, l1 = _one_step(config, state, batch, jax.devices()[:1])
   p2, l2 = _one_step(config, state, batch, jax.devices()[:2])
-  # Reference: a plain (unsharded) SGD step on the whole batch, written with jax.grad here.
-  grads = jax.grad(lambda p: train_lib.compute_loss(p, batch, None, config)[0])(state.params)
+  # Reference: one device's unsharded SGD step on the whole batch, written with jax.grad here.
+  loss_grad = jax.value_and_grad(lambda p: train_lib.compute_loss(p, batch, None, config)[0])
+  l1, grads = jax.jit(loss_grad)(state.params)
   lr, wd = config.train.learning_rate, config.train.weight_decay
   ref = jax.tree.map(lambda w, g: w - lr * (g + wd * w), state.params, grads)  # first step: no momentum yet
-  assert l1 == pytest.approx(l2, rel=1e-5)
+  assert float(l1) == pytest.approx(l2, rel=1e-5)
   moved = 0.0
-  for a, b, r, w0 in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), jax.tree.leaves(ref), jax.tree.leaves(state.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for a, r, w0 in zip(jax.tree.leaves(p2), jax.tree.leaves(ref), jax.tree.leaves(state.params)):
     np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-6)
     moved = max(moved, float(np.max(np.abs(a - w0))))
   assert moved > 0  # the step did change the parameters
@@ -83,34 +80,17 @@ def _complete_steps(ckpt_dir):
   return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
-  killed, straight = str(tmp_path / 'killed'), str(tmp_path / 'straight')
-  proc = subprocess.Popen([sys.executable, 'train.py', '--config=configs/tiny.py', f'--workdir={killed}',
-                           '--config.train.num_steps=100000', '--config.train.checkpoint_every=3'],
-                          cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 240
-  try:
-    while time.time() < deadline and len(_complete_steps(os.path.join(killed, 'checkpoints'))) < 2:
-      time.sleep(0.2)
-  finally:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-  saved = _complete_steps(os.path.join(killed, 'checkpoints'))
-  assert saved, 'no checkpoint was written before the kill'
-  resume_from = saved[-1]
-  total = resume_from + 3
-  res = _run('train.py', '--config=configs/tiny.py', f'--workdir={killed}', f'--config.train.num_steps={total}')
-  assert res.returncode == 0, res.stderr[-2000:]
-  assert f'resumed from step {resume_from}' in res.stdout
+def test_train_then_eval_outputs_and_refusals(tmp_path):
+  """train.py then eval.py from the command line: the table, JSON and PNG, a variant's own files,
+  and one-line refusals that leave the workdir as it was. (Resume after SIGKILL/SIGTERM equals
+  an uninterrupted run: tests/test_faults.py.)"""
+  straight = str(tmp_path / 'straight')
+  total = 6
   res = _run('train.py', '--config=configs/tiny.py', f'--workdir={straight}', f'--config.train.num_steps={total}')
   assert res.returncode == 0, res.stderr[-2000:]
   assert 'val mIoU:' in res.stdout
   config = tiny.get_config()
-  step_a, a = _params(killed, config)
-  step_b, b = _params(straight, config)
-  assert step_a == step_b == total
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
+  assert _params(straight, config)[0] == total
 
   # eval.py on the finished workdir: table, JSON and PNG.
   res = _run('eval.py', f'--workdir={straight}')
