@@ -136,11 +136,12 @@ def test_inference_without_confident_class_falls_back_to_background():
   out, _ = model.bottom_up(params, images, config, train=False)
   mask = model.predicted_classes(out['image_logits'], config.eval.class_threshold)
   np.testing.assert_array_equal(np.asarray(mask), np.eye(1, config.data.num_classes + 1).repeat(2, 0))
-  pred = jax.jit(lambda p, x: model.infer(p, x, config))(params, images)
+  # (one jit for both: one compile)
+  pred, seg = jax.jit(lambda p, x, m: (model.infer(p, x, config),
+                                       model.segment(p, x, config, m, train=False)))(params, images, mask)
   assert set(pred) == {'final', 'cnn', 'attention', 'lattice_size'}
   np.testing.assert_array_equal(np.asarray(pred['final']), 0)
   np.testing.assert_array_equal(np.asarray(pred['attention']), 0)
-  seg = jax.jit(lambda p, x, m: model.segment(p, x, config, m, train=False))(params, images, mask)
   for key in ('attention', 'crf_probs', 'crf_logits', 'p_s'):
     assert np.isfinite(np.asarray(seg[key])).all(), key
 
