@@ -1,0 +1,83 @@
+"""Training step time of the default config vs the classification-only step (B1), same run.
+
+  python bench/step_time.py [--steps=10] [--variants=full,seg_target_crf]
+
+Issue 6 allows the full method's step at most 2x the B1 step on the default config. B1's step is
+the warm-up's (Delta^C only: no attention, no Delta^S, no CRF-RNN). Variants: 'full' (the
+default), 'seg_target_crf' (train.seg_target = 'crf': the CRF-RNN's mean field of p^A in every
+step), 'seg_loss_on_crf' (Delta^S on the CRF-RNN output: its forward and backward in every step).
+Prints the device card, then per variant the compile time, the median step time over --steps
+steps on synthetic training batches, images/s and the ratio to B1.
+"""
+import argparse
+import copy
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import jax_utils  # noqa: E402
+
+from configs import default  # noqa: E402
+from wsss_jax import data, train_lib  # noqa: E402
+
+VARIANTS = {
+    'full': lambda c: None,
+    'seg_target_crf': lambda c: c.train.update(seg_target='crf'),
+    'seg_loss_on_crf': lambda c: c.train.update(seg_loss_on='crf'),
+}
+
+
+def median_step(config, batches, steps):
+  """(compile s, median step s) of the pmapped train_step on the given sharded batches."""
+  state = jax_utils.replicate(train_lib.create_state(config, jax.random.key_data(jax.random.key(0))))
+  rngs = train_lib.step_rngs(jax.random.key_data(jax.random.key(1)), 0)
+  step = jax.pmap(lambda s, b, r: train_lib.train_step(s, b, r, config), axis_name=train_lib.AXIS,
+                  donate_argnums=(0,))
+  t0 = time.perf_counter()
+  state, aux = step(state, batches[0], rngs)
+  jax.block_until_ready(aux)
+  compile_s = time.perf_counter() - t0
+  times = []
+  for i in range(steps):
+    t0 = time.perf_counter()
+    state, aux = step(state, batches[i % len(batches)], rngs)
+    jax.block_until_ready(aux)
+    times.append(time.perf_counter() - t0)
+  return compile_s, float(np.median(times))
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--steps', type=int, default=10)
+  ap.add_argument('--variants', default='full,seg_target_crf')
+  args = ap.parse_args()
+  names = args.variants.split(',')
+  unknown = [n for n in names if n not in VARIANTS]
+  if unknown:
+    raise SystemExit(f'error: unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}')
+  config = default.get_config()
+  n = config.train.batch_size
+  ds = data.make_dataset(config.data, 'train')
+  it = data.train_batches(ds, global_batch=n, seed=0)
+  batches = [train_lib.shard(next(it)) for _ in range(3)]
+  dev = jax.devices()[0]
+  print(f'card: {jax.local_device_count()} x {dev.device_kind} ({dev.platform}), jax {jax.__version__}, '
+        f'{os.cpu_count()} CPU cores, batch {n}, {config.data.image_size} px, backbone width '
+        f'{config.model.backbone.width}')
+  compile_s, b1 = median_step(train_lib.warmup_config(config), batches, args.steps)
+  print(f'{"B1 (Delta^C only)":>18}: {b1 * 1e3:6.0f} ms/step  {n / b1:6.1f} img/s  1.00x B1'
+        f'  (compile {compile_s:.0f} s)', flush=True)
+  for name in names:
+    cfg = copy.deepcopy(config)
+    VARIANTS[name](cfg)
+    compile_s, t = median_step(cfg, batches, args.steps)
+    print(f'{name:>18}: {t * 1e3:6.0f} ms/step  {n / t:6.1f} img/s  {t / b1:.2f}x B1'
+          f'  (compile {compile_s:.0f} s)', flush=True)
+
+
+if __name__ == '__main__':
+  main()
