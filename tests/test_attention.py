@@ -184,3 +184,53 @@ def test_attention_picture(tmp_path):
   assert pic.shape == (3 * 33, 3 * 33, 3)
   np.testing.assert_array_equal(pic[:33, :33], np.asarray(img[0]))  # first tile is the input image
   assert pic[:, 33:].max() > 0  # heat maps are drawn
+
+
+def test_exclusive_scores_match_numpy():
+  """Each selected foreground class keeps max(f_c - max(0, best other selected fg f), 0); a class
+  alone keeps relu(f_c); background and unselected classes are untouched."""
+  rng = np.random.default_rng(5)
+  f = rng.normal(size=(3, 4, 5, 5)).astype(np.float32)
+  mask = np.array([[1, 1, 0, 1, 1], [1, 0, 1, 0, 0], [1, 0, 0, 0, 0]], np.float32)
+  got = np.asarray(attention.exclusive_scores(jnp.asarray(f), jnp.asarray(mask)))
+  ref = f.astype(np.float64).copy()
+  for b in range(3):
+    sel = [c for c in range(1, 5) if mask[b, c]]
+    for y in range(4):
+      for x in range(5):
+        for c in sel:
+          others = [f[b, y, x, o] for o in sel if o != c]
+          ref[b, y, x, c] = max(f[b, y, x, c] - max([0.0] + others), 0.0)
+  np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
+  assert np.any(got[0, ..., 1] != np.maximum(f[0, ..., 1], 0))  # the competition does act
+
+
+def test_exclusive_top_signal_seeds_the_walk():
+  cfg, params, acts, img, fcl_w, mask = _tiny_inputs()
+  p_a = attention.attention_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False,
+                                 top_signal='exclusive')
+  seed = attention.exclusive_scores(acts['fc8'], mask)
+  eb = np.asarray(attention.excitation_backprop(
+      params, acts, cfg, attention.class_signal(seed, fcl_w, jnp.arange(4)))['pool4']).sum(-1)
+  up = np.asarray(jax.image.resize(jnp.asarray(np.moveaxis(eb, 1, -1)), (2, 33, 33, 4), 'bilinear'))
+  up = np.maximum(up, 0) * np.asarray(mask)[:, None, None, :]
+  np.testing.assert_allclose(p_a, up / up.sum(-1, keepdims=True), rtol=1e-5, atol=1e-6)
+  plain = attention.attention_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False)
+  assert np.max(np.abs(np.asarray(plain) - np.asarray(p_a))) > 1e-3
+  with pytest.raises(ValueError, match='top_signal'):
+    attention.attention_maps(params, acts, cfg, img, fcl_w, mask, top_signal='max')
+
+
+def test_feedforward_weight_scales_alpha_in_b():
+  """b = gamma + w alpha (Eqs. 5, 7): at the first QP (below fc8, before any QP changed gamma)
+  q(w) - q(0) = -w alpha with alpha_i = sum_ch relu(a_i) / sum relu(a) (numpy)."""
+  cfg, params, acts, img, fcl_w, mask = _tiny_inputs()
+  q = {}
+  for w in (0.0, 0.5, 1.0):
+    _, sols = attention.attention_maps(params, acts, cfg, img, fcl_w, mask, radius=2,
+                                       return_layers=True, feedforward_weight=w)
+    q[w] = np.asarray(sols['drop7'][1], np.float64)  # (B, T, n)
+  a = np.maximum(np.asarray(acts['drop7'], np.float64), 0)
+  alpha = (a.sum(-1) / a.sum((1, 2, 3))[:, None, None]).reshape(2, 1, -1)
+  for w in (0.5, 1.0):
+    np.testing.assert_allclose(q[w] - q[0.0], -w * np.broadcast_to(alpha, q[w].shape), atol=1e-6)

@@ -68,6 +68,20 @@ def class_signal(scores: jax.Array, fcl_weights: jax.Array | None, classes: jax.
   return p[:, None] * onehot[:, :, None, None, :]
 
 
+def exclusive_scores(scores: jax.Array, class_mask: jax.Array) -> jax.Array:
+  """Each selected foreground class's score map minus the best positive score of the other
+  selected foreground classes, clipped at 0: a position seeds the walk of the class that wins
+  it among the image's classes (a class alone in its image keeps relu(f)). Background (class
+  0) and unselected classes are left as they are. scores (B, h, w, K), class_mask (B, K)."""
+  sel = class_mask[:, None, None, 1:] > 0
+  fg = jnp.where(sel, scores[..., 1:], -jnp.inf)
+  top2 = jax.lax.top_k(fg, 2)[0] if fg.shape[-1] > 1 else jnp.concatenate(
+      [fg, jnp.full_like(fg, -jnp.inf)], -1)
+  other = jnp.where(fg >= top2[..., :1], top2[..., 1:2], top2[..., :1])  # best of the others
+  ex = jnp.maximum(scores[..., 1:] - jnp.maximum(other, 0.0), 0.0)
+  return jnp.concatenate([scores[..., :1], jnp.where(sel, ex, scores[..., 1:])], -1)
+
+
 def excitation_backprop(params: Mapping[str, Any], activations: Mapping[str, jax.Array],
                         cfg: backbone.BackboneConfig, top: jax.Array, stop_at: str = 'pool4',
                         eps: float = EPS, after_layer=None) -> dict[str, jax.Array]:
@@ -101,7 +115,8 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
                    eps: float = 0.01, radius: int = 3, qp_tol: float = 1e-4, qp_iters: int = 300,
                    stop_at: str = 'pool4', return_layers: bool = False,
                    max_classes: int | None = None, background: str = 'walk',
-                   bg_power: float = 1.0):
+                   bg_power: float = 1.0, feedforward_weight: float = 1.0,
+                   top_signal: str = 'scores'):
   """p^A of Eq. (4): top-down attention for every class, (B, H, W, K), summing to 1 over classes.
 
   Walks Eqs. (5)-(6) from the FCL down to `stop_at`; with `neighbors`, at every conv and pooling
@@ -127,7 +142,10 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
     rank = jnp.where(class_mask > 0, 0, k) + jnp.arange(k)[None, :]
     classes = jnp.argsort(rank, axis=-1)[:, :max_classes]
   t = classes.shape[1]
-  top = class_signal(scores, fcl_weights, classes)  # (B, T, h, w, K)
+  if top_signal not in ('scores', 'exclusive'):
+    raise ValueError(f"top_signal must be 'scores' or 'exclusive', got {top_signal!r}")
+  seed = exclusive_scores(scores, class_mask) if top_signal == 'exclusive' else scores
+  top = class_signal(seed, fcl_weights, classes)  # (B, T, h, w, K)
   solutions = {}
 
   def lateral_map(layer, name, a_in, p):
@@ -138,7 +156,7 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
       raise ValueError(f'the lateral QP needs layers on the score grid; {name} is '
                        f'{a_in.shape[1:3]}, not {(gh, gw)}: stop at pool4 or above')
     gamma = jnp.sum(p, -1)  # (B, K, h, w)
-    alpha = jnp.sum(bilateral.feedforward_term(a_in), -1)[:, None]  # (B, 1, h, w)
+    alpha = feedforward_weight * jnp.sum(bilateral.feedforward_term(a_in), -1)[:, None]  # (B, 1, h, w)
     bvec = (gamma + alpha).reshape(b, t, gh * gw)
     sol = qp.solve_nonneg_qp(op, -bvec, tol=qp_tol, max_iters=qp_iters)
     x = sol.x.reshape(b, t, gh, gw)
