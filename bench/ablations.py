@@ -52,6 +52,37 @@ def config_of(name):
   return fully_supervised.get_config() if name == 'fully_supervised' else ablation.get_config(name)
 
 
+# What a finished run must share with the current config to be reused (bookkeeping may differ).
+_SAME_TRAIN = ('mode', 'warmup_steps', 'seg_loss_weight', 'seg_loss_on', 'seg_target',
+               'seg_target_stride', 'optimizer', 'batch_size', 'num_steps', 'learning_rate',
+               'weight_decay', 'lr_decay_every', 'lr_decay_factor')
+
+
+def stale_run(workdir, name, seed, overrides):
+  """The first config value in which a finished run differs from what this sweep would train
+  (None if it is the same run), so a run trained under an older default is never reused."""
+  import ast
+  from wsss_jax import train_lib
+  cfg = config_of(name)
+  with cfg.unlocked():
+    cfg.seed = seed
+    for o in overrides:
+      key, _, value = o.removeprefix('--config.').partition('=')
+      *groups, leaf = key.split('.')
+      node = cfg
+      for g in groups:
+        node = node[g]
+      try:
+        node[leaf] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        node[leaf] = value
+  pick = lambda c: {'seed': c['seed'], 'model': c['model'], 'data': c['data'],
+                    'train': {k: c['train'][k] for k in _SAME_TRAIN}}
+  now = pick(json.loads(cfg.to_json()))
+  then = pick(json.loads(train_lib.load_config(workdir).to_json()))
+  return train_lib._first_difference(then, now)  # pylint: disable=protected-access
+
+
 def crf_settings(name):
   """The current config's CRF-RNN inference settings for a trained config (None without one)."""
   from wsss_jax import train_lib
@@ -129,6 +160,9 @@ def plan(args, steps):
       finished = os.path.isdir(os.path.join(workdir, 'checkpoints', str(steps)))
       key = f'{name}/seed{seed}'
       if finished:
+        if (diff := stale_run(workdir, name, seed, args.overrides)) is not None:
+          sys.exit(f'error: {workdir} holds a finished run of another config: {diff}; move it '
+                   'away or pass another --root')
         cmd, variant, crf_v = eval_request(workdir, crf)
         rows[name][-1] = (workdir, variant, crf_v)
         if result(workdir, variant, steps, crf_v) is None:
