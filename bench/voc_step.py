@@ -43,7 +43,7 @@ def main():
   dev = jax.devices()[0]
   print(f'card: {n_dev} x {dev.device_kind} ({dev.platform}), jax {jax.__version__}, per-device batch {b}, '
         f'{size}x{size}, backbone width {args.width}')
-  state = jax_utils.replicate(train_lib.create_state(config, jax.random.key_data(jax.random.key(0))))
+  state = train_lib.replicate(train_lib.create_state(config, jax.random.key_data(jax.random.key(0))))
   rngs = jax.random.key_data(jax.random.split(jax.random.key(1), n_dev))
   results = {}
   for name, cfg in (('full method', config), ('backbone only (B1)', train_lib.warmup_config(config))):

@@ -56,6 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.attention.max_classes = 4     # classes walked per image (<= 3 tags + background); 0: all
   config.model.attention.background = 'complement'  # p^A(bg) = (1 - max fg)^bg_power | walk (own EB)
   config.model.attention.bg_power = 1.0
+  config.model.attention.feedforward_weight = 1.0  # scale of alpha (Eq. 7) in b = gamma + alpha
+  config.model.attention.top_signal = 'scores'  # scores (relu f, Eq. 6) | exclusive (docs/DESIGN.md)
 
   # CRF-RNN (Sec. 5, Eqs. 10-12).
   config.model.crf = ml_collections.ConfigDict()
@@ -84,6 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.seg_target = 'attention'      # Delta^S's target: p^A (Eq. 15) | crf (p^A after the
                                              # CRF-RNN's mean field, fixed; not in the paper, +4.9
                                              # val mIoU, 2.9x the B1 step: docs/DESIGN.md)
+  config.train.seg_target_stride = 1         # seg_target = crf: its mean field on stride x stride blocks
   config.train.optimizer = 'adam'            # adam (CPU default, see docs/DESIGN.md) | sgd (paper, Sec. 7)
   config.train.batch_size = 32
   config.train.num_steps = 1000             # sized for the 3-seed sweep of Tables 1/5 (< 90 min)

@@ -56,6 +56,27 @@ def test_pmap_two_devices_equal_one_device(mode):
   assert moved > 0  # the step did change the parameters
 
 
+def test_replicated_state_is_laid_out_as_the_steps_outputs():
+  """A pmapped step fed train_lib.replicate's tree compiles once, not again when it is fed its
+  own output (jax_utils.replicate's layout made the second call compile the step again)."""
+  compiles = []
+  listen = lambda name, _, **kw: compiles.append(name) if name.endswith('backend_compile_duration') else None
+  step = jax.pmap(lambda s, x: ({'w': s['w'] + x}, jnp.sum(x)), axis_name=train_lib.AXIS,
+                  donate_argnums=(0,))
+  s, x = train_lib.replicate({'w': jnp.zeros(3)}), np.ones((jax.local_device_count(), 3), np.float32)
+  per_call = []
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    for _ in range(3):
+      n = len(compiles)
+      s, _ = step(s, x)
+      per_call.append(len(compiles) - n)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert per_call == [1, 0, 0]
+  np.testing.assert_array_equal(np.asarray(s['w']), 3.0)
+
+
 def _run(script, *args, timeout=300):
   return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True,
                         timeout=timeout, env=_env())
@@ -205,6 +226,7 @@ def test_warmup_signature_ignores_what_acts_after_the_warmup():
   assert differs(lr_decay_every=30, lr_decay_factor=0.5) is None
   assert differs(lr_decay_factor=0.5) is None
   assert differs(seg_target='crf') is None
+  assert differs(seg_target_stride=2) is None
   assert 'lr_decay_every' in differs(lr_decay_every=5)
   # the schedule behind it: a step at 5 lowers the warm-up's last learning rate, one at 6 does not
   lr = lambda every: float(train_lib.learning_rate_schedule(_tiny(lr_decay_every=every))(5))

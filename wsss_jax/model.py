@@ -90,7 +90,7 @@ def attention_map(params, activations, images, class_mask, config) -> jax.Array:
       neighbors=a['neighbors'], lateral=a['lateral'],
       eps=a['eps'], radius=a['radius'], qp_tol=a['qp_tol'], qp_iters=a['qp_iters'],
       stop_at=a['stop_at'], max_classes=a['max_classes'] or None, background=a['background'],
-      bg_power=a['bg_power'])
+      bg_power=a['bg_power'], feedforward_weight=a['feedforward_weight'], top_signal=a['top_signal'])
 
 
 def image_logits(params: Mapping[str, Any], scores: jax.Array, config: Mapping[str, Any]) -> jax.Array:
@@ -141,14 +141,44 @@ def refine(params, images, out, acts, class_mask, config, *, attention_unary: bo
   return out
 
 
-def refine_attention(params, images, p_a, config):
+def target_lattice_capacity(config: Mapping[str, Any], stride: int,
+                            size: tuple[int, int]) -> int | None:
+  """Lattice rows per image of `refine_attention` at `stride` on images of `size`:
+  model.crf.lattice_capacity / stride (the rows a 64 px synthetic image needs fall about 2x per
+  2x stride), at most the worst case N (d + 1); None (the worst case) when lattice_capacity is 0
+  at stride 1."""
+  cap = config['model']['crf']['lattice_capacity']
+  if stride == 1:
+    return cap or None
+  h, w = size
+  worst = (h // stride) * (w // stride) * 6  # the RGB bilateral lattice: d + 1 = 6 vertices per point
+  return min(worst, cap // stride) if cap else worst
+
+
+def refine_attention(params, images, p_a, config, stride: int = 1):
   """p^A refined by the CRF-RNN's mean field alone (unary -log p^A, no p^S), as a fixed target
-  (train.seg_target = 'crf'; not in the paper). Returns (probs, largest lattice size)."""
+  (train.seg_target = 'crf'; not in the paper). With `stride` > 1 the mean field runs on the
+  image and p^A area-averaged over stride x stride blocks (spatial kernel width / stride, lattice
+  capacity `target_lattice_capacity`) and its output is upsampled bilinearly: the CNN's
+  scores live on a stride-8 grid, and the lattice cost falls with the pixel count.
+  Returns (probs, largest lattice size)."""
   c = config['model']['crf']
-  flat = jnp.full_like(p_a, 1.0 / p_a.shape[-1])
+  b, h, w, k = p_a.shape
+  kernels = crf_kernels(config)
+  capacity = target_lattice_capacity(config, stride, (h, w))
+  if stride > 1:
+    if h % stride or w % stride:
+      raise ValueError(f'train.seg_target_stride={stride} does not divide the image size {(h, w)}')
+    hs, ws = h // stride, w // stride
+    images = images.astype(jnp.float32).reshape(b, hs, stride, ws, stride, -1).mean((2, 4))
+    p_a = p_a.reshape(b, hs, stride, ws, stride, k).mean((2, 4))
+    kernels = tuple(kern._replace(sxy=kern.sxy / stride) for kern in kernels)
+  flat = jnp.full_like(p_a, 1.0 / k)
   _, probs, size = crf.crf_rnn(
-      params['crf'], flat, images.astype(jnp.float32), p_a, kernels=crf_kernels(config),
-      iters=c['iters'], capacity=c['lattice_capacity'] or None, return_lattice_size=True)
+      params['crf'], flat, images.astype(jnp.float32), p_a, kernels=kernels,
+      iters=c['iters'], capacity=capacity, return_lattice_size=True)
+  if stride > 1:
+    probs = jax.image.resize(probs, (b, h, w, k), 'bilinear')
   return jax.lax.stop_gradient(probs), size
 
 

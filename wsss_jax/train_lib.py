@@ -75,11 +75,11 @@ SCHEMA = {
               'attention': {'enabled': None, 'neighbors': None, 'lateral': None, 'radius': None,
                             'eps': None, 'qp_tol': None, 'qp_iters': None, 'stop_at': None,
                             'gradient': None, 'max_classes': None, 'background': None,
-                            'bg_power': None},
+                            'bg_power': None, 'feedforward_weight': None, 'top_signal': None},
               'crf': {'enabled': None, 'attention_unary': None, 'iters': None, 'sigma_z': None,
                       'sigma_r': None, 'bilateral_weight': None, 'spatial_weight': None,
                       'spatial_sxy': None, 'lattice_capacity': None}},
-    'train': {'mode': None, 'warmup_steps': None, 'seg_loss_weight': None, 'seg_loss_on': None, 'seg_target': None, 'optimizer': None, 'batch_size': None, 'num_steps': None, 'learning_rate': None,
+    'train': {'mode': None, 'warmup_steps': None, 'seg_loss_weight': None, 'seg_loss_on': None, 'seg_target': None, 'seg_target_stride': None, 'optimizer': None, 'batch_size': None, 'num_steps': None, 'learning_rate': None,
               'momentum': None, 'weight_decay': None, 'lr_decay_every': None,
               'lr_decay_factor': None, 'checkpoint_every': None, 'keep_checkpoints': None,
               'log_every': None, 'progress_bar': None, 'nonfinite': None, 'init_from': None},
@@ -125,6 +125,7 @@ def validate_config(config: Mapping[str, Any]) -> None:
              'model.attention.lateral': (m['attention']['lateral'], ('diffusion', 'paper_eq9')),
              'model.attention.gradient': (m['attention']['gradient'], ('stop', 'through')),
              'model.attention.background': (m['attention']['background'], ('walk', 'complement')),
+             'model.attention.top_signal': (m['attention']['top_signal'], ('scores', 'exclusive')),
              'train.seg_loss_on': (t['seg_loss_on'], ('crf', 'cnn')),
              'train.seg_target': (t['seg_target'], ('attention', 'crf'))}
   for key, (value, allowed) in choices.items():
@@ -143,6 +144,10 @@ def validate_config(config: Mapping[str, Any]) -> None:
   if t['seg_target'] == 'crf' and not m['crf']['enabled']:
     raise ConfigError('config.train.seg_target=crf needs config.model.crf.enabled=True (its mean '
                       'field and kernels)')
+  stride = t['seg_target_stride']
+  if int(stride) != stride or stride < 1 or config['data']['image_size'] % int(stride):
+    raise ConfigError(f'config.train.seg_target_stride must be a positive integer dividing '
+                      f'data.image_size ({config["data"]["image_size"]}), got {stride!r}')
   if not config['eval']['scales'] or any(float(x) <= 0 for x in config['eval']['scales']):
     raise ConfigError(f'config.eval.scales must be positive numbers, got {config["eval"]["scales"]!r}')
   for key in ('batch_size', 'num_steps', 'checkpoint_every', 'keep_checkpoints', 'log_every'):
@@ -177,7 +182,9 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 # workdir written before them still evaluates and resumes.
 ADDED_KEYS = {'init_weights': '', 'train.nonfinite': 'skip', 'data.data_dir': '', 'data.manual_dir': '',
               'data.train_split': 'train', 'data.crop_size': 0, 'data.scale_range': (1.0, 1.0),
-              'data.flip': False, 'data.eval_size': 0, 'train.init_from': ''}
+              'data.flip': False, 'data.eval_size': 0, 'train.init_from': '',
+              'model.attention.feedforward_weight': 1.0, 'model.attention.top_signal': 'scores',
+              'train.seg_target_stride': 1}
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -222,6 +229,14 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.chain(optax.add_decayed_weights(t.weight_decay, mask=decay_mask), opt)
 
 
+def replicate(tree):
+  """`flax.jax_utils.replicate` (one copy per local device), laid out as the pmapped steps lay
+  out their outputs (a mesh over the AXIS axis). The step's cache key includes that layout:
+  from jax_utils.replicate's own ('_device_put_sharded') the first two calls each compiled the
+  step (~5 s more per run on the CPU default, ~11 s per tiny test run)."""
+  return jax.pmap(lambda x: x, axis_name=AXIS)(jax_utils.replicate(tree))
+
+
 def create_state(config, key: jax.Array) -> TrainState:
   params = model.init_params(jax.random.fold_in(key, 0), config)
   return TrainState.create(apply_fn=None, params=params, tx=make_optimizer(config),
@@ -247,22 +262,24 @@ def compute_loss(params, batch, rng, config):
   loss = cls_loss
   lam = config.train.seg_loss_weight
   crf_used = config.model.cls_from == 'crf'
-  lattice_sizes = []  # of the CRF mean fields this step computes (an unused CRF-RNN is not)
+  fills = []  # rows needed / capacity of the CRF mean fields this step computes (not an unused one)
+  cap = config.model.crf.lattice_capacity
   if 'attention' in out and lam:
     crf_used |= config.train.seg_loss_on == 'crf' and 'crf_probs' in out
     seg = out['crf_probs'] if crf_used else out['p_s']  # (cls_from = 'crf' puts Delta^S there too)
     target = out['attention']
     if config.train.seg_target == 'crf':  # p^A snapped to image edges by the CRF-RNN's mean field
-      target, size = model.refine_attention(params, batch['image'], out['attention'], config)
-      lattice_sizes.append(size)
+      stride = int(config.train.seg_target_stride)
+      target, size = model.refine_attention(params, batch['image'], out['attention'], config, stride)
+      if cap:
+        fills.append(size / model.target_lattice_capacity(config, stride, batch['image'].shape[1:3]))
     seg_loss = jnp.mean(losses.segmentation_loss(target, seg, tags))
     metrics_['seg_loss'] = seg_loss
     loss = loss + lam * seg_loss
-  if crf_used:
-    lattice_sizes.append(out['lattice_size'])
-  if lattice_sizes and config.model.crf.lattice_capacity:
-    metrics_['lattice_fill'] = (jnp.max(jnp.stack(lattice_sizes)).astype(jnp.float32)
-                                / config.model.crf.lattice_capacity)
+  if crf_used and cap:
+    fills.append(out['lattice_size'] / cap)
+  if fills:
+    metrics_['lattice_fill'] = jnp.max(jnp.stack(fills)).astype(jnp.float32)
   metrics_['loss'] = loss
   return loss, metrics_
 
@@ -281,7 +298,7 @@ def warmup_config(config):
 # What does not act in the Delta^C warm-up (warmup_config turns attention and Delta^S off and
 # classifies from the CNN scores, so the CRF-RNN is not computed) or only does bookkeeping.
 _NOT_IN_WARMUP = ('model.attention', 'model.cls_from', 'model.crf', 'train.seg_loss_weight',
-                  'train.seg_loss_on', 'train.seg_target', 'train.num_steps', 'train.checkpoint_every',
+                  'train.seg_loss_on', 'train.seg_target', 'train.seg_target_stride', 'train.num_steps', 'train.checkpoint_every',
                   'train.keep_checkpoints', 'train.log_every', 'train.progress_bar',
                   'train.init_from', 'eval')
 
@@ -627,7 +644,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return jax.pmap(step_fn, axis_name=AXIS, donate_argnums=(0,))
   p_train, p_warm = stepper(config), stepper(warmup_config(config))
   base_rng = state.rng
-  rstate = jax_utils.replicate(state)
+  rstate = replicate(state)
   del state
 
   bar = tqdm(total=num_steps, initial=start, disable=not config.train.progress_bar or jax.process_index() != 0,
