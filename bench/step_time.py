@@ -4,8 +4,10 @@
 
 Issue 6 allows the full method's step at most 2x the B1 step on the default config. B1's step is
 the warm-up's (Delta^C only: no attention, no Delta^S, no CRF-RNN). Variants: 'full' (the
-default), 'seg_target_crf' (train.seg_target = 'crf': the CRF-RNN's mean field of p^A in every
-step), 'seg_loss_on_crf' (Delta^S on the CRF-RNN output: its forward and backward in every step).
+default), 'paper_attention' (the walk seeded with relu f, b = gamma + alpha as printed),
+'seg_target_crf' (train.seg_target = 'crf': the CRF-RNN's mean field of p^A in every step),
+'seg_target_crf_s4' (the same on 4 x 4 block means), 'seg_loss_on_crf' (Delta^S on the CRF-RNN
+output: its forward and backward in every step).
 Prints the device card, then per variant the median step time over --steps steps on synthetic
 training batches, images/s, the ratio to B1 and the time of the first call (compilation).
 """
@@ -25,7 +27,9 @@ from wsss_jax import data, train_lib  # noqa: E402
 
 VARIANTS = {
     'full': lambda c: None,
+    'paper_attention': lambda c: c.model.attention.update(top_signal='scores', feedforward_weight=1.0),
     'seg_target_crf': lambda c: c.train.update(seg_target='crf'),
+    'seg_target_crf_s4': lambda c: c.train.update(seg_target='crf', seg_target_stride=4),
     'seg_loss_on_crf': lambda c: c.train.update(seg_loss_on='crf'),
 }
 
