@@ -13,3 +13,25 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+
+import subprocess  # noqa: E402
+
+import pytest  # noqa: E402
+
+TINY_FLAGS = ['--config=configs/tiny.py', '--config.model.backbone.dropout_rate=0.0']
+
+
+@pytest.fixture(scope='session')
+def tiny_straight(tmp_path_factory):
+  """One uninterrupted 20-step train.py run of the tiny config on one device, logging every step
+  (workdir, stdout). Tests that only read it share it (copy it before changing it): one run and
+  one compile instead of one per test."""
+  workdir = str(tmp_path_factory.mktemp('straight'))
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  res = subprocess.run([sys.executable, 'train.py', *TINY_FLAGS, f'--workdir={workdir}',
+                        '--config.train.num_steps=20', '--config.train.log_every=1',
+                        '--config.train.checkpoint_every=100'],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
+  return workdir, res.stdout

@@ -101,15 +101,14 @@ def _complete_steps(ckpt_dir):
   return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
 
 
-def test_train_then_eval_outputs_and_refusals(tmp_path):
-  """train.py then eval.py from the command line: the table, JSON and PNG, a variant's own files,
-  and one-line refusals that leave the workdir as it was. (Resume after SIGKILL/SIGTERM equals
-  an uninterrupted run: tests/test_faults.py.)"""
+def test_train_then_eval_outputs_and_refusals(tiny_straight, tmp_path):
+  """train.py (the session's shared tiny run, tests/conftest.py) then eval.py from the command
+  line: the table, JSON and PNG, a variant's own files, and one-line refusals that leave the
+  workdir as it was. (Resume after SIGKILL/SIGTERM equals an uninterrupted run: test_faults.py.)"""
   straight = str(tmp_path / 'straight')
-  total = 6
-  res = _run('train.py', '--config=configs/tiny.py', f'--workdir={straight}', f'--config.train.num_steps={total}')
-  assert res.returncode == 0, res.stderr[-2000:]
-  assert 'val mIoU:' in res.stdout
+  shutil.copytree(tiny_straight[0], straight)  # (the shared run stays as train.py left it)
+  total = 20
+  assert 'val mIoU:' in tiny_straight[1]
   config = tiny.get_config()
   assert _params(straight, config)[0] == total
 
@@ -144,7 +143,8 @@ def test_train_then_eval_outputs_and_refusals(tmp_path):
   assert 'checkpoint architecture differs' in res.stderr and 'conv1_1' in res.stderr
   assert sorted(os.listdir(os.path.join(other, 'checkpoints'))) == before
   # train.py with a different model into an existing workdir refuses rather than mixing runs.
-  res = _run('train.py', '--config=configs/tiny.py', f'--workdir={straight}', '--config.model.backbone.width=0.125')
+  res = _run('train.py', '--config=configs/tiny.py', '--config.model.backbone.dropout_rate=0.0',
+             f'--workdir={straight}', '--config.model.backbone.width=0.125')
   assert res.returncode != 0 and 'Traceback' not in res.stderr and 'different model' in res.stderr
   assert _complete_steps(os.path.join(straight, 'checkpoints'))[-1] == total
 
@@ -183,6 +183,7 @@ def test_init_from_starts_at_the_shared_warmup(tmp_path):
                  'log_every': 1, **train})
     c.model.crf.enabled = False  # (compile time; the CRF-RNN does not act in the warm-up either)
     c.model.attention.enabled = attention
+    c.model.attention.neighbors = False  # (plain EB: trace time; the QP is not what this tests)
     c.train.seg_loss_weight = 1.5 if attention else 0.0
     return c
   b1, scratch, forked = (str(tmp_path / n) for n in ('b1', 'scratch', 'forked'))
