@@ -20,11 +20,13 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import jax_utils
 
+import conftest  # tests/conftest.py (pytest puts tests/ on sys.path)
+
 from configs import tiny
 from wsss_jax import data, train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ['--config=configs/tiny.py', '--config.model.backbone.dropout_rate=0.0']  # = conftest.TINY_FLAGS
+TINY = conftest.TINY_FLAGS
 
 
 def _env(devices=1):

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from flax import jax_utils
 
+import conftest  # tests/conftest.py (pytest puts tests/ on sys.path)
+
 from configs import tiny
 from wsss_jax import data, model, train_lib
 
@@ -143,8 +145,7 @@ def test_train_then_eval_outputs_and_refusals(tiny_straight, tmp_path):
   assert 'checkpoint architecture differs' in res.stderr and 'conv1_1' in res.stderr
   assert sorted(os.listdir(os.path.join(other, 'checkpoints'))) == before
   # train.py with a different model into an existing workdir refuses rather than mixing runs.
-  res = _run('train.py', '--config=configs/tiny.py', '--config.model.backbone.dropout_rate=0.0',
-             f'--workdir={straight}', '--config.model.backbone.width=0.125')
+  res = _run('train.py', *conftest.TINY_FLAGS, f'--workdir={straight}', '--config.model.backbone.width=0.125')
   assert res.returncode != 0 and 'Traceback' not in res.stderr and 'different model' in res.stderr
   assert _complete_steps(os.path.join(straight, 'checkpoints'))[-1] == total
 
