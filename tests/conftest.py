@@ -1,7 +1,8 @@
 """Test session setup, before jax is imported: two host CPU devices (for the pmap tests), one
 persistent XLA compilation cache for the session, shared with the train.py/eval.py
 subprocesses the tests start (they compile the same tiny programs again and again), and
-XLA's cheap compile mode (compile time dominates these tiny programs; -25% suite time)."""
+XLA's cheap compile mode (compile time dominates these tiny programs; -25% suite time). Under
+pytest-xdist (`-n 2`, the README's command) each worker gets its own cache directory."""
 import os
 import sys
 import tempfile
@@ -9,6 +10,13 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2').strip()
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='wsss-jax-test-xla-cache-'))
+if os.environ.get('PYTEST_XDIST_WORKER'):
+  # pytest -n: one cache per worker (jax writes cache entries without a lock, so a worker could
+  # read another's half-written file), each under the one the controller made or the user set.
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(os.environ['JAX_COMPILATION_CACHE_DIR'],
+                                                         os.environ['PYTEST_XDIST_WORKER'])
+  os.makedirs(os.environ['JAX_COMPILATION_CACHE_DIR'], exist_ok=True)
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')  # workers sharing one accelerator
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 if ROOT not in sys.path:

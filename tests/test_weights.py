@@ -321,9 +321,9 @@ class _StubTensor:
 
 
 def test_pth_path_with_a_stub_torch(tmp_path, monkeypatch):
-  """The .pth route (state_dict / 'module.' unwrapping, key mapping) without torch installed
-  (CI): torch.load is replaced by a stub returning the state dict; the real round trip above
-  runs where torch is installed."""
+  """The .pth route (state_dict / 'module.' unwrapping, key mapping) without torch installed (a
+  user's `pip install -e .[test]`): torch.load is replaced by a stub returning the state dict;
+  the real round trip above runs where torch is installed (CI installs it)."""
   import types
   fake = fake_vgg(7)
   state = {'state_dict': {'module.' + k: _StubTensor(v.astype(np.float64)) for k, v in torch_state(fake).items()}}
