@@ -43,3 +43,13 @@ def tiny_straight(tmp_path_factory):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert res.returncode == 0, res.stderr[-3000:]
   return workdir, res.stdout
+
+
+def pytest_sessionfinish(session):
+  """An xdist worker frees jax's compiled programs before it reports back: pytest's closing
+  garbage collections otherwise outlast execnet's 5 s shutdown wait, and execnet then SIGINTs the
+  worker (a KeyboardInterrupt printed from inside jax's gc callback)."""
+  if os.environ.get('PYTEST_XDIST_WORKER') and 'jax' in sys.modules:
+    import gc
+    sys.modules['jax'].clear_caches()
+    gc.collect()
