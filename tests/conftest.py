@@ -45,6 +45,15 @@ def tiny_straight(tmp_path_factory):
   return workdir, res.stdout
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (--dist=loadgroup)
+def pytest_collection_modifyitems(items):
+  """Tests that use tiny_straight (directly or through another fixture) form one xdist group,
+  so that one worker makes the shared run, once."""
+  for item in items:
+    if 'tiny_straight' in getattr(item, 'fixturenames', ()):
+      item.add_marker(pytest.mark.xdist_group('tiny_straight'))
+
+
 def pytest_sessionfinish(session):
   """An xdist worker frees jax's compiled programs before it reports back: pytest's closing
   garbage collections otherwise outlast execnet's 5 s shutdown wait, and execnet then SIGINTs the

@@ -80,7 +80,6 @@ def test_importing_the_package_initialises_no_backend():
     assert res.returncode == 0, res.stderr[-2000:]
 
 
-@pytest.mark.xdist_group('tiny_straight')  # one worker runs the shared run once
 def test_sigterm_saves_then_resume_equals_uninterrupted_run(straight, tmp_path):
   workdir = str(tmp_path / 'preempted')
   cmd = [sys.executable, 'train.py'] + TINY + [
@@ -129,7 +128,6 @@ def test_sigint_once_requests_a_stop_twice_interrupts():
   assert signal.getsignal(signal.SIGINT) is before  # the handler in place before is restored
 
 
-@pytest.mark.xdist_group('tiny_straight')  # one worker runs the shared run once
 def test_sigkill_mid_save_resumes_from_previous_checkpoint(straight, tmp_path):
   workdir = str(tmp_path / 'killed')
   res = _train(workdir, '--config.train.num_steps=20', '--config.train.checkpoint_every=4',

@@ -103,7 +103,6 @@ def _complete_steps(ckpt_dir):
   return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
 
 
-@pytest.mark.xdist_group('tiny_straight')  # one worker runs the shared run once
 def test_train_then_eval_outputs_and_refusals(tiny_straight, tmp_path):
   """train.py (the session's shared tiny run, tests/conftest.py) then eval.py from the command
   line: the table, JSON and PNG, a variant's own files, and one-line refusals that leave the
