@@ -234,3 +234,25 @@ def test_feedforward_weight_scales_alpha_in_b():
   alpha = (a.sum(-1) / a.sum((1, 2, 3))[:, None, None]).reshape(2, 1, -1)
   for w in (0.5, 1.0):
     np.testing.assert_allclose(q[w] - q[0.0], -w * np.broadcast_to(alpha, q[w].shape), atol=1e-6)
+
+
+@pytest.mark.parametrize('max_classes', [None, 3])
+def test_complement_background_matches_numpy(max_classes):
+  """background='complement': each foreground EB map scaled to peak 1, background 1 - max fg,
+  normalised per pixel; the background is not walked, and 3 slots (2 tags + background) suffice."""
+  cfg, params, acts, img, fcl_w, mask = _tiny_inputs()
+  p_a = attention.attention_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False,
+                                 background='complement', max_classes=max_classes)
+  top = attention.class_signal(acts['fc8'], fcl_w, jnp.arange(4))
+  eb = np.asarray(attention.excitation_backprop(params, acts, cfg, top)['pool4'], np.float64).sum(-1)
+  up = np.asarray(jax.image.resize(jnp.asarray(np.moveaxis(eb, 1, -1)), (2, 33, 33, 4), 'bilinear'),
+                  np.float64)
+  m = np.asarray(mask, np.float64)[:, None, None, :]
+  fg = np.maximum(up[..., 1:], 0) * m[..., 1:]
+  fg = fg / np.maximum(fg.max((1, 2), keepdims=True), 1e-12)
+  bg = np.clip(1 - fg.max(-1, keepdims=True), 0, 1) * m[..., :1]
+  ref = np.concatenate([bg, fg], -1)
+  np.testing.assert_allclose(p_a, ref / ref.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match='no class to walk'):
+    attention.attention_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False,
+                             background='complement', max_classes=1)

@@ -90,6 +90,36 @@ def test_pools_match_caffe_semantics(stride):
   np.testing.assert_allclose(backbone.avg_pool(jnp.asarray(x), 3, stride), _np_pool(x, stride, 'avg'), rtol=1e-5)
 
 
+@pytest.mark.parametrize('stride, shape', [(1, (2, 6, 5, 3)), (2, (2, 7, 8, 3)), (2, (1, 9, 9, 2))])
+def test_max_pool_gradient_goes_to_the_first_maximum(stride, shape):
+  """The hand-written VJP (XLA's CPU select_and_scatter is slow) against a float64 loop: each
+  output's cotangent goes to the first maximal cell of its window in scan order, ties included."""
+  rng = np.random.default_rng(2)
+  x = np.maximum(np.round(rng.normal(size=shape)), 0)  # many ties (zeros and equal integers)
+  y, vjp = jax.vjp(lambda z: backbone.max_pool(z, 3, stride), jnp.asarray(x, jnp.float32))
+  g = rng.normal(size=y.shape)
+  got = np.asarray(vjp(jnp.asarray(g, jnp.float32))[0])
+  ref = np.zeros(shape)
+  h, w = shape[1:3]
+  for n in range(shape[0]):
+    for i in range(y.shape[1]):
+      for j in range(y.shape[2]):
+        for c in range(shape[3]):
+          cells = [(i * stride + a - 1, j * stride + b - 1) for a in range(3) for b in range(3)]
+          cells = [(u, v) for u, v in cells if 0 <= u < h and 0 <= v < w]
+          u, v = max(cells, key=lambda t: x[n, t[0], t[1], c])  # first maximum
+          ref[n, u, v, c] += g[n, i, j, c]
+  np.testing.assert_allclose(y, _np_pool(x, stride, 'max'))
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_one_by_one_conv_matches_numpy():
+  rng = np.random.default_rng(3)
+  x, w, b = rng.normal(size=(2, 4, 5, 6)), rng.normal(size=(1, 1, 6, 3)), rng.normal(size=3)
+  got = backbone.conv(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32))
+  np.testing.assert_allclose(got, _np_conv(x, w, b, 1), rtol=1e-4, atol=1e-4)
+
+
 def test_check_params_names_the_mismatch():
   small = backbone.init_params(jax.random.key(0), backbone.BackboneConfig(num_classes=3, width=0.0625))
   other = backbone.init_params(jax.random.key(0), backbone.BackboneConfig(num_classes=3, width=0.125))

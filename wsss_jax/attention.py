@@ -129,18 +129,26 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
   per image, the selected ones first (an image has few tags: the walk and QP cost scale with it);
   selected classes beyond it get no attention. `background`: 'walk' treats class 0 like the
   others (its own top-down walk); 'complement' scales each foreground map to peak 1 and gives
-  background (1 - max_c fg_c)^bg_power before the per-pixel normalisation (docs/DESIGN.md).
+  background (1 - max_c fg_c)^bg_power before the per-pixel normalisation (docs/DESIGN.md);
+  background is then not walked and `max_classes` still counts it (4 = 3 tags + background).
   Returns p^A, and with `return_layers` also the
   per-layer QP solutions (for KKT checks).
   """
   scores = activations['fc8']
   b, gh, gw, k = scores.shape
-  if max_classes is None or max_classes >= k:
+  if background not in ('walk', 'complement'):
+    raise ValueError(f"background must be 'walk' or 'complement', got {background!r}")
+  # The complement's background is not walked (its walk would be discarded): one slot fewer.
+  first = 1 if background == 'complement' else 0
+  slots = k - first if max_classes is None else min(max_classes - first, k - first)
+  if slots < 1:
+    raise ValueError(f'max_classes={max_classes} leaves no class to walk (background={background!r})')
+  if first == 0 and slots == k:
     classes = jnp.broadcast_to(jnp.arange(k), (b, k))
   else:
     # selected classes first (ties by index), then the others as padding
-    rank = jnp.where(class_mask > 0, 0, k) + jnp.arange(k)[None, :]
-    classes = jnp.argsort(rank, axis=-1)[:, :max_classes]
+    rank = jnp.where(class_mask[:, first:] > 0, 0, k) + jnp.arange(first, k)[None, :]
+    classes = jnp.argsort(rank, axis=-1)[:, :slots] + first
   t = classes.shape[1]
   if top_signal not in ('scores', 'exclusive'):
     raise ValueError(f"top_signal must be 'scores' or 'exclusive', got {top_signal!r}")

@@ -19,6 +19,7 @@ variant of the same topology for CPU runs and tests.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -110,19 +111,72 @@ def init_params(key: jax.Array, cfg: BackboneConfig, in_channels: int = 3) -> Pa
 
 
 def conv(x: jax.Array, w: jax.Array, b: jax.Array | None, dilation: int = 1) -> jax.Array:
-  """'Same' NHWC convolution with HWIO kernel (padding = dilation * (k - 1) / 2)."""
-  pad = dilation * (w.shape[0] - 1) // 2
-  y = jax.lax.conv_general_dilated(
-      x, w, window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
-      rhs_dilation=(dilation, dilation), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  """'Same' NHWC convolution with HWIO kernel (padding = dilation * (k - 1) / 2).
+
+  A 1x1 kernel (fc7, fc8) is a matrix product over channels; XLA's CPU backend runs it as a dot
+  about twice as fast as a convolution, forward and backward.
+  """
+  if w.shape[0] == 1 and w.shape[1] == 1:
+    y = jax.lax.dot_general(x, w[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+  else:
+    pad = dilation * (w.shape[0] - 1) // 2
+    y = jax.lax.conv_general_dilated(
+        x, w, window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
+        rhs_dilation=(dilation, dilation), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   return y if b is None else y + b
 
 
-def max_pool(x: jax.Array, kernel: int, stride: int) -> jax.Array:
-  """Caffe-style 3x3 max pool with padding 1 (odd sizes: 321 -> 161 -> 81 -> 41)."""
+def _pool_views(x: jax.Array, kernel: int, stride: int) -> list[jax.Array]:
+  """The kernel * kernel strided views of the -inf padded input, in window scan order."""
   pad = (kernel - 1) // 2
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, kernel, kernel, 1),
-                               (1, stride, stride, 1), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
+  oh = (x.shape[1] + 2 * pad - kernel) // stride + 1
+  ow = (x.shape[2] + 2 * pad - kernel) // stride + 1
+  return [jax.lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + stride * (oh - 1) + 1,
+                                           j + stride * (ow - 1) + 1, xp.shape[3]),
+                        (1, stride, stride, 1))
+          for i in range(kernel) for j in range(kernel)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def max_pool(x: jax.Array, kernel: int, stride: int) -> jax.Array:
+  """Caffe-style 3x3 max pool with padding 1 (odd sizes: 321 -> 161 -> 81 -> 41).
+
+  The gradient goes to the first maximum of each window in scan order, as `reduce_window`'s
+  does (and as Caffe routes it); it is written out because XLA's CPU `select_and_scatter` is
+  5-10x slower than this (`bench/step_time.py`, docs/DESIGN.md). Excitation backprop routes
+  winning probabilities through the same VJP (attention.py).
+  """
+  return _max_pool_fwd(x, kernel, stride)[0]
+
+
+def _max_pool_fwd(x, kernel, stride):
+  views = _pool_views(x, kernel, stride)
+  out, arg = views[0], jnp.zeros(views[0].shape, jnp.int8)
+  for k, v in enumerate(views[1:], 1):
+    better = v > out  # strict: ties keep the earlier position
+    out, arg = jnp.where(better, v, out), jnp.where(better, jnp.int8(k), arg)
+  return out, (arg, x.shape)
+
+
+def _max_pool_bwd(kernel, stride, res, g):
+  arg, shape = res
+  pad = (kernel - 1) // 2
+  hp, wp = shape[1] + 2 * pad, shape[2] + 2 * pad
+  oh, ow = g.shape[1], g.shape[2]
+  zero = jnp.zeros((), g.dtype)
+  total = None
+  for k in range(kernel * kernel):
+    i, j = divmod(k, kernel)
+    # The transpose of view k: its cells spread back to their strided positions in the padding.
+    dx = jax.lax.pad(jnp.where(arg == k, g, zero), zero,
+                     ((0, 0, 0), (i, hp - i - stride * (oh - 1) - 1, stride - 1),
+                      (j, wp - j - stride * (ow - 1) - 1, stride - 1), (0, 0, 0)))
+    total = dx if total is None else total + dx
+  return (total[:, pad:pad + shape[1], pad:pad + shape[2]],)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def avg_pool(x: jax.Array, kernel: int, stride: int) -> jax.Array:
