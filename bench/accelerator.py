@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -40,17 +39,26 @@ BENCHES = {
 }
 
 
-def card() -> str:
-  import jax
-  versions = []
-  for mod in ('jax', 'jaxlib', 'flax', 'optax', 'orbax.checkpoint', 'numpy'):
-    try:
-      versions.append(f'{mod} {__import__(mod, fromlist=["_"]).__version__}')
-    except (ImportError, AttributeError):
-      versions.append(f'{mod} ?')
-  dev = jax.devices()[0]
-  return (f'card: {jax.local_device_count()} x {dev.device_kind} ({dev.platform}), '
-          f'{os.cpu_count()} host CPU cores, Python {platform.python_version()}; ' + ', '.join(versions))
+_CARD = """
+import os, platform, jax
+versions = []
+for mod in ('jax', 'jaxlib', 'flax', 'optax', 'orbax.checkpoint', 'numpy'):
+  try:
+    versions.append(f'{mod} {__import__(mod, fromlist=["_"]).__version__}')
+  except (ImportError, AttributeError):
+    versions.append(f'{mod} ?')
+dev = jax.devices()[0]
+print(f'card: {jax.local_device_count()} x {dev.device_kind} ({dev.platform}), '
+      f'{os.cpu_count()} host CPU cores, Python {platform.python_version()}; ' + ', '.join(versions))
+"""
+
+
+def card(env) -> str:
+  """The device and package versions, read in a child process: this process never holds the
+  device (JAX would keep most of a GPU's memory preallocated while the benchmarks run)."""
+  res = subprocess.run([sys.executable, '-c', _CARD], env=env, capture_output=True, text=True)
+  lines = res.stdout.strip().splitlines()
+  return lines[-1] if res.returncode == 0 and lines else f'card: unknown ({res.stderr.strip()[-300:]})'
 
 
 def main():
@@ -67,23 +75,23 @@ def main():
     raise SystemExit(f'error: unknown benchmark(s) {unknown}; choose from {list(BENCHES)}')
   out = args.out or tempfile.mkdtemp(prefix='wsss_bench_')
   os.makedirs(out, exist_ok=True)
-  head = card()
-  print(head, flush=True)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])),
              PYTHONUNBUFFERED='1')
+  head = card(env)
+  print(head, flush=True)
   start = time.perf_counter()
   summary = []
   for name in names:
     argv, limit, keep = BENCHES[name]
-    argv = list(argv)
-    if name == 'train':  # a fresh workdir, so that the run is timed from scratch
-      argv.append(f'--workdir={tempfile.mkdtemp(prefix="wsss_default_")}')
     if args.budget_s:
       left = args.budget_s - (time.perf_counter() - start)
       if left < 30:
         summary.append(f'[{name}] not started: {left:.0f} s of the budget left')
         continue
       limit = min(limit, left)
+    argv = list(argv)
+    if name == 'train':  # a fresh workdir, so that the run is timed from scratch
+      argv.append(f'--workdir={tempfile.mkdtemp(prefix="wsss_default_")}')
     print(f'--- {name}: {" ".join(argv)} (limit {limit:.0f} s)', flush=True)
     t0 = time.perf_counter()
     log_path = os.path.join(out, f'{name}.log')
