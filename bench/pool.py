@@ -3,8 +3,8 @@
 `backbone.max_pool` takes its forward as the maximum of the 9 strided views of the padded input
 and its gradient from a hand-written VJP (the first maximum of each window in scan order, as
 `reduce_window`'s VJP routes it, checked in tests/test_backbone.py). The reference is
-`jax.lax.reduce_window(max)`, whose VJP XLA lowers to `select_and_scatter`. Shapes: the four
-max pools of the default config's backbone on 64 px images (pool3 is a stride-2 pool at 16x16).
+`jax.lax.reduce_window(max)`, whose VJP XLA lowers to `select_and_scatter`. Shapes: the five
+max pools of the default config's backbone on 64 px images (pool1-3 stride 2, pool4-5 stride 1).
 Prints the device card, then per pool the median time of forward and forward+backward for both
 and the ratio reference / ours; then the backbone's whole forward+backward with each pool.
 """
