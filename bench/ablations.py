@@ -55,7 +55,7 @@ def config_of(name):
 # What a finished run must share with the current config to be reused (bookkeeping may differ).
 _SAME_TRAIN = ('mode', 'warmup_steps', 'seg_loss_weight', 'seg_loss_on', 'seg_target',
                'seg_target_stride', 'optimizer', 'batch_size', 'num_steps', 'learning_rate',
-               'weight_decay', 'lr_decay_every', 'lr_decay_factor')
+               'weight_decay', 'lr_decay_every', 'lr_decay_factor', 'warmup_head', 'fcl_lr_scale')
 
 
 def stale_run(workdir, name, seed, overrides):
@@ -76,8 +76,10 @@ def stale_run(workdir, name, seed, overrides):
         node[leaf] = ast.literal_eval(value)
       except (ValueError, SyntaxError):
         node[leaf] = value
-  pick = lambda c: {'seed': c['seed'], 'model': c['model'], 'data': c['data'],
-                    'train': {k: c['train'][k] for k in _SAME_TRAIN}}
+  def pick(c):
+    train = {k: c['train'][k] for k in _SAME_TRAIN}
+    train['warmup_head'] = train['warmup_head'] or c['model']['aggregation']  # '' = the model's head
+    return {'seed': c['seed'], 'model': c['model'], 'data': c['data'], 'train': train}
   now = pick(json.loads(cfg.to_json()))
   then = pick(json.loads(train_lib.load_config(workdir).to_json()))
   return train_lib._first_difference(then, now)  # pylint: disable=protected-access

@@ -84,6 +84,11 @@ def get_config() -> ml_collections.ConfigDict:
   # A workdir whose checkpoint at step warmup_steps starts this run, when both runs' warm-ups
   # are the same computation (checked): ablations share one warm-up (bench/ablations.py).
   config.train.init_from = ''
+  # Head Delta^C goes through in the warm-up ('' = model.aggregation). A stand-in for ImageNet
+  # pre-training is one classifier for every row of Tables 1 and 5; the FCL then starts the
+  # main phase at its GAP init (docs/DESIGN.md, "Warm-up head").
+  config.train.warmup_head = ''
+  config.train.fcl_lr_scale = 1.0           # the FCL's lr multiplier (Caffe lr_mult; docs/DESIGN.md)
   config.train.seg_loss_weight = 1.5         # lambda of Eq. (13); 0: baseline B2 (w/o seg loss)
   config.train.seg_loss_on = 'cnn'           # Delta^S on p^S (Eq. 15) | crf (CRF-RNN output, Sec. 1)
   config.train.seg_target = 'attention'      # Delta^S's target: p^A (Eq. 15) | crf (p^A after the

@@ -9,4 +9,5 @@ def get_config():
   # the oracle is the CNN alone: no attention, no CRF-RNN (nothing weak to fuse)
   config.model.attention.enabled = False
   config.model.crf.enabled = False
+  config.train.warmup_head = ''  # no image-level head acts in the pixel loss
   return config

@@ -122,6 +122,10 @@ def test_train_then_eval_outputs_and_refusals(tiny_straight, tmp_path):
   report = json.load(open(os.path.join(straight, 'eval_val.json')))
   conf = np.array(report['confusion'])
   assert conf.sum() == 16 * 32 * 32 and report['step'] == total
+  # the image classifier's per-class AP on the val tags (the warm-up diagnostic), background excluded
+  assert list(report['tag_ap']) == [n for n in report['iou'] if n != 'background']
+  assert report['tag_map'] == pytest.approx(np.nanmean([v for v in report['tag_ap'].values() if v is not None]))
+  assert 'image classification on val: mAP' in res.stdout
   assert os.path.getsize(os.path.join(straight, 'examples_val.png')) > 0
   # An inference variant (B6 + a fixed threshold) writes its own files, leaving the others as they were.
   before = open(os.path.join(straight, 'eval_val.json')).read()
@@ -233,3 +237,74 @@ def test_warmup_signature_ignores_what_acts_after_the_warmup():
   # the schedule behind it: a step at 5 lowers the warm-up's last learning rate, one at 6 does not
   lr = lambda every: float(train_lib.learning_rate_schedule(_tiny(lr_decay_every=every))(5))
   assert lr(6) == lr(8) == pytest.approx(base.train.learning_rate) and lr(5) < 0.5 * lr(6)
+
+
+def test_warmup_head_pretrains_through_another_head():
+  """train.warmup_head = 'lse' on an FCL model: the warm-up steps are exactly an LSE model's
+  (same backbone after them), the FCL keeps its GAP init through them (no gradient, no decay)
+  and the main phase then trains it; the warm-up signature tells the two heads' runs apart."""
+  fcl = _tiny(warmup_steps=2, warmup_head='lse')
+  lse = _tiny(warmup_steps=2)
+  lse.model.aggregation = 'lse'
+  for c in (fcl, lse):
+    c.model.crf.enabled = False
+    train_lib.validate_config(c)
+  ds = data.make_dataset(fcl.data, 'train')
+  batch = {k: np.stack([ds[i][k] for i in range(4)]) for k in ('image', 'tags', 'mask')}
+  dev = jax.devices()[:1]
+  key = jax.random.key_data(jax.random.key(3))
+  s_fcl, s_lse = train_lib.create_state(fcl, key), train_lib.create_state(lse, key)
+  init_fcl = jax.device_get(s_fcl.params['fcl'])
+  step = lambda cfg: jax.pmap(lambda s, b, r: train_lib.train_step(s, b, r, cfg)[0],
+                              axis_name=train_lib.AXIS, devices=dev)
+  rng = jax.random.split(jax.random.key(5), 1)
+  shard = {k: v[None] for k, v in batch.items()}
+  a, b = jax_utils.replicate(s_fcl, devices=dev), jax_utils.replicate(s_lse, devices=dev)
+  warm_a, warm_b = step(train_lib.warmup_config(fcl)), step(train_lib.warmup_config(lse))
+  for _ in range(2):
+    a, b = warm_a(a, shard, rng), warm_b(b, shard, rng)
+  pa, pb = jax.device_get(a.params), jax.device_get(b.params)
+  for x, y in zip(jax.tree.leaves(pa['backbone']), jax.tree.leaves(pb['backbone'])):
+    np.testing.assert_allclose(np.asarray(x)[0], np.asarray(y)[0], rtol=1e-5, atol=1e-7)
+  assert any(not np.array_equal(np.asarray(x)[0], y) for x, y in
+             zip(jax.tree.leaves(pa['backbone']), jax.tree.leaves(jax.device_get(s_fcl.params['backbone']))))
+  for name in ('w', 'b'):
+    np.testing.assert_array_equal(np.asarray(pa['fcl'][name])[0], init_fcl[name])
+  main = step(fcl)(a, shard, rng)
+  assert not np.array_equal(np.asarray(jax.device_get(main.params['fcl']['w']))[0], init_fcl['w'])
+  # the two heads' runs share no warm-up (another parameter tree), and the head is checked
+  d = train_lib._first_difference(train_lib.warmup_signature(lse), train_lib.warmup_signature(fcl))
+  assert d is not None and 'fcl' in d
+  bad = _tiny(warmup_head='max')
+  with pytest.raises(train_lib.ConfigError, match='config.train.warmup_head must be'):
+    train_lib.validate_config(bad)
+  bad = _tiny(warmup_head='fcl')
+  bad.model.aggregation = 'gap'
+  with pytest.raises(train_lib.ConfigError, match='warmup_head=fcl needs'):
+    train_lib.validate_config(bad)
+
+
+def test_fcl_lr_scale_scales_only_the_fcl_step():
+  """train.fcl_lr_scale: one Adam step moves the FCL by that fraction of the unscaled step and
+  every other parameter exactly as without it."""
+  base = _tiny(warmup_steps=0)
+  base.model.crf.enabled = False
+  base.model.attention.enabled = False
+  base.train.seg_loss_weight = 0.0
+  scaled = copy.deepcopy(base)
+  scaled.train.fcl_lr_scale = 0.1
+  ds = data.make_dataset(base.data, 'train')
+  batch = {k: np.stack([ds[i][k] for i in range(4)]) for k in ('image', 'tags', 'mask')}
+  dev = jax.devices()[:1]
+  key = jax.random.key_data(jax.random.key(3))
+  init = jax.device_get(train_lib.create_state(base, key).params)
+  (p1, _), (p2, _) = (_one_step(c, train_lib.create_state(c, key), batch, dev) for c in (base, scaled))
+  for name in ('w', 'b'):
+    np.testing.assert_allclose(p2['fcl'][name] - init['fcl'][name],
+                               0.1 * (p1['fcl'][name] - init['fcl'][name]), rtol=1e-3, atol=1e-9)
+  assert np.abs(p1['fcl']['w'] - init['fcl']['w']).max() > 1e-5
+  for x, y in zip(jax.tree.leaves(p1['backbone']), jax.tree.leaves(p2['backbone'])):
+    np.testing.assert_array_equal(x, y)
+  bad = _tiny(fcl_lr_scale=-1.0)
+  with pytest.raises(train_lib.ConfigError, match='fcl_lr_scale must be a number >= 0'):
+    train_lib.validate_config(bad)

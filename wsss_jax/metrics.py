@@ -44,6 +44,26 @@ def mean_iou(conf: np.ndarray) -> float:
   return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float('nan')
 
 
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """Per-class average precision of image-level scores (N, C) against boolean tags (N, C): the
+  mean over each class's positives of the precision among the images scored at least as high
+  (ties count against it). NaN for a class with no positive image. The image classifier's mAP
+  at the end of the Delta^C warm-up predicts which classes the weak model will segment
+  (docs/results_synthetic.md)."""
+  scores = np.asarray(scores, np.float64)
+  labels = np.asarray(labels, bool)
+  out = np.full(scores.shape[1], np.nan)
+  for c in range(scores.shape[1]):
+    pos = scores[labels[:, c], c]
+    if not len(pos):
+      continue
+    s = np.sort(scores[:, c])[::-1]
+    ranked = np.searchsorted(-s, -pos, side='right')          # images scored >= each positive
+    hits = np.searchsorted(np.sort(-pos), -pos, side='right')  # positives scored >= it
+    out[c] = np.mean(hits / ranked)
+  return out
+
+
 def format_iou_table(conf: np.ndarray, class_names: list[str], title: str = 'method',
                      reference: tuple[str, Sequence[float]] | None = None) -> str:
   """Per-class IoU (%) in the layout of the paper's Table 2: one row, classes as columns, mIoU

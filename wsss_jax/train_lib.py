@@ -82,7 +82,8 @@ SCHEMA = {
     'train': {'mode': None, 'warmup_steps': None, 'seg_loss_weight': None, 'seg_loss_on': None, 'seg_target': None, 'seg_target_stride': None, 'optimizer': None, 'batch_size': None, 'num_steps': None, 'learning_rate': None,
               'momentum': None, 'weight_decay': None, 'lr_decay_every': None,
               'lr_decay_factor': None, 'checkpoint_every': None, 'keep_checkpoints': None,
-              'log_every': None, 'progress_bar': None, 'nonfinite': None, 'init_from': None},
+              'log_every': None, 'progress_bar': None, 'nonfinite': None, 'init_from': None,
+              'warmup_head': None, 'fcl_lr_scale': None},
     'eval': {'batch_size': None, 'split': None, 'num_examples': None, 'num_images': None,
              'attention': None, 'class_threshold': None, 'tune_threshold': None, 'scales': None,
              'flip': None,
@@ -118,6 +119,14 @@ def validate_config(config: Mapping[str, Any]) -> None:
     raise ConfigError(f'config.train.optimizer must be sgd|adam, got {t["optimizer"]!r}')
   if m['aggregation'] not in aggregation.HEADS:
     raise ConfigError(f'config.model.aggregation must be one of {aggregation.HEADS}, got {m["aggregation"]!r}')
+  if t['warmup_head'] not in ('',) + aggregation.HEADS:
+    raise ConfigError(f"config.train.warmup_head must be '' (model.aggregation) or one of "
+                      f"{aggregation.HEADS}, got {t['warmup_head']!r}")
+  if not isinstance(t['fcl_lr_scale'], (int, float)) or not t['fcl_lr_scale'] >= 0:
+    raise ConfigError(f"config.train.fcl_lr_scale must be a number >= 0, got {t['fcl_lr_scale']!r}")
+  if t['warmup_head'] == 'fcl' and m['aggregation'] != 'fcl':
+    raise ConfigError(f"config.train.warmup_head=fcl needs the FCL's parameters, which "
+                      f"model.aggregation={m['aggregation']} does not have")
   if m['aggregate_input'] not in ('scores', 'log_softmax'):
     raise ConfigError(f'config.model.aggregate_input must be scores|log_softmax, '
                       f'got {m["aggregate_input"]!r}')
@@ -184,7 +193,7 @@ ADDED_KEYS = {'init_weights': '', 'train.nonfinite': 'skip', 'data.data_dir': ''
               'data.train_split': 'train', 'data.crop_size': 0, 'data.scale_range': (1.0, 1.0),
               'data.flip': False, 'data.eval_size': 0, 'train.init_from': '',
               'model.attention.feedforward_weight': 1.0, 'model.attention.top_signal': 'scores',
-              'train.seg_target_stride': 1}
+              'train.seg_target_stride': 1, 'train.warmup_head': '', 'train.fcl_lr_scale': 1.0}
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -225,7 +234,10 @@ def make_optimizer(config) -> optax.GradientTransformation:
     opt = optax.adam(learning_rate_schedule(config))
   # No weight decay on the CRF-RNN compatibility: with Adam a decay-only gradient moves it by ~lr
   # per step, which would erase the Potts init in runs where no loss reaches it (B1, B2, warm-up).
-  decay_mask = lambda params: {k: jax.tree.map(lambda _: k != 'crf', v) for k, v in params.items()}
+  # For the same reason none on the FCL when the warm-up trains another head (train.warmup_head):
+  # the FCL then starts the main phase at its GAP init.
+  no_decay = {'crf'} | ({'fcl'} if warmup_trains_other_head(config) else set())
+  decay_mask = lambda params: {k: jax.tree.map(lambda _: k not in no_decay, v) for k, v in params.items()}
   return optax.chain(optax.add_decayed_weights(t.weight_decay, mask=decay_mask), opt)
 
 
@@ -284,14 +296,29 @@ def compute_loss(params, batch, rng, config):
   return loss, metrics_
 
 
+def warmup_head(config) -> str:
+  """The aggregation head Delta^C goes through in the warm-up (train.warmup_head, '' = the model's)."""
+  return config.train.warmup_head or config.model.aggregation
+
+
+def warmup_trains_other_head(config) -> bool:
+  """Whether the warm-up classifies through another head than the model's (its FCL, if it has
+  one, then gets no gradient until the main phase)."""
+  return (config.train.mode == 'weak' and int(config.train.warmup_steps) > 0
+          and warmup_head(config) != config.model.aggregation)
+
+
 def warmup_config(config):
   """The config of the first train.warmup_steps steps: Delta^C only (no attention, no Delta^S),
-  the role ImageNet pre-training plays in the paper (attention of an untrained net is noise)."""
+  the role ImageNet pre-training plays in the paper (attention of an untrained net is noise),
+  classified through train.warmup_head (the same pre-training for every head of Table 5)."""
   warm = copy.deepcopy(config)
   with warm.unlocked():
     warm.model.attention.enabled = False
     warm.train.seg_loss_weight = 0.0
     warm.model.cls_from = 'cnn'
+    warm.model.aggregation = warmup_head(config)
+    warm.train.warmup_head = ''
   return warm
 
 
@@ -315,6 +342,10 @@ def warmup_signature(config) -> dict[str, Any]:
       node = node[g]
     node.pop(leaf, None)
   sig['model']['crf_enabled'] = crf_enabled
+  sig['model']['fcl_params'] = config.model.aggregation == 'fcl'  # the parameter tree (and decay mask)
+  sig['model']['fcl_decay'] = not warmup_trains_other_head(config)
+  if warmup_trains_other_head(config):  # the FCL gets no step in the warm-up
+    sig['train'].pop('fcl_lr_scale')
   if int(config.train.lr_decay_every) >= int(config.train.warmup_steps):  # no decay in the warm-up
     sig['train'].pop('lr_decay_every')
     sig['train'].pop('lr_decay_factor')
@@ -363,6 +394,12 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
   for g in jax.tree.leaves(grads):
     finite &= jnp.all(jnp.isfinite(g))
   new = state.apply_gradients(grads=grads)
+  scale = config.train.fcl_lr_scale
+  if scale != 1.0 and 'fcl' in new.params:  # the FCL's lr multiplier (Caffe's lr_mult): Adam moves
+    # every weight by ~lr per step whatever its scale, and the FCL's start at 1/N. Applied to the
+    # step, not inside the optimizer, so that checkpoints keep their optimizer-state structure.
+    new = new.replace(params={**new.params, 'fcl': jax.tree.map(
+        lambda n, o: o + scale * (n - o), new.params['fcl'], state.params['fcl'])})
   keep = lambda n, o: jnp.where(finite, n, o)
   new = new.replace(params=jax.tree.map(keep, new.params, state.params),
                     opt_state=jax.tree.map(keep, new.opt_state, state.opt_state))
@@ -715,10 +752,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return result
 
 
-def tune_class_threshold(params, config, split: str = 'val') -> tuple[float, float]:
-  """The sigmoid threshold on the FCL scores that best predicts the tags of `split`
-  (mean per-class F1 over a 0.05..0.95 grid): inference has no tags (Sec. 7). Returns
-  (threshold, its F1)."""
+def image_scores(params, config, split: str = 'val') -> tuple[np.ndarray, np.ndarray]:
+  """Sigmoid FCL (image-level) scores (N, C) of the foreground classes on `split` and its tags
+  (N, C) as booleans, gathered over all processes."""
   ds = data.make_dataset(config.data, split)
   p_scores = jax.pmap(lambda p, x: jax.nn.sigmoid(model.forward(p, x, config, train=False)['image_logits'][:, 1:]),
                       axis_name=AXIS)
@@ -730,10 +766,16 @@ def tune_class_threshold(params, config, split: str = 'val') -> tuple[float, flo
     tags.append(batch['tags'] > 0)
     valid.append(batch['valid'] > 0)
   scores, tags, valid = np.concatenate(scores), np.concatenate(tags), np.concatenate(valid)
-  if jax.process_count() > 1:  # every process picks the same threshold from all of the split
+  if jax.process_count() > 1:  # every process sees all of the split
     scores, tags, valid = (np.asarray(multihost_utils.process_allgather(x)).reshape((-1,) + x.shape[1:])
                            for x in (scores, tags, valid))
-  scores, tags = scores[valid], tags[valid]
+  return scores[valid], tags[valid]
+
+
+def tune_class_threshold(scores: np.ndarray, tags: np.ndarray) -> tuple[float, float]:
+  """The sigmoid threshold on the FCL scores (N, C) that best predicts the tags (N, C) of the
+  val split (mean per-class F1 over a 0.05..0.95 grid): inference has no tags (Sec. 7).
+  Returns (threshold, its F1)."""
   best = (0.5, -1.0)
   for t in np.arange(0.05, 0.951, 0.05):
     pred = scores > t
@@ -776,13 +818,22 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
   as VOC palette PNGs for the evaluation server instead (see `write_server_results`).
   """
   ds = eval_dataset(config, split)
-  threshold = None
-  if config.eval.tune_threshold and config.train.mode == 'weak':
-    threshold, f1 = tune_class_threshold(params, config)
-    config = copy.deepcopy(config)
-    with config.unlocked():
-      config.eval.class_threshold = threshold
-    print(f'class threshold {threshold:.2f} (tag F1 {f1:.3f} on val)')
+  tag_metrics = {}
+  if config.train.mode == 'weak':
+    scores, tags = image_scores(params, config, 'val')
+    ap = metrics.average_precision(scores, tags)
+    tag_metrics = {'tag_map': float(np.nanmean(ap)),
+                   'tag_ap': {n: (None if np.isnan(v) else float(v))
+                              for n, v in zip(list(ds.class_names)[1:], ap)}}
+    if config.eval.tune_threshold:
+      threshold, f1 = tune_class_threshold(scores, tags)
+      config = copy.deepcopy(config)
+      with config.unlocked():
+        config.eval.class_threshold = threshold
+      tag_metrics['tag_f1'] = f1
+      print(f'class threshold {threshold:.2f} (tag F1 {f1:.3f} on val)')
+    print(f'image classification on val: mAP {100 * tag_metrics["tag_map"]:.1f} ('
+          + ', '.join(f'{n} {100 * v:.0f}' for n, v in tag_metrics['tag_ap'].items() if v is not None) + ')')
   p_eval = jax.pmap(lambda p, b: eval_step(p, b, config), axis_name=AXIS)
   rparams = jax_utils.replicate(params)
   k = config.data.num_classes + 1
@@ -814,6 +865,7 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
   parts = {f'miou_{name}': metrics.mean_iou(m) for name, m in confs.items() if name != 'final'}
   result = {'split': split, 'variant': variant, 'step': step, 'miou': metrics.mean_iou(conf), **parts,
             'class_threshold': float(config.eval.class_threshold),
+            **tag_metrics,
             'model_crf': {kk: config.model.crf[kk] for kk in CRF_INFERENCE_KEYS},
             'iou': {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
             'confusion': conf.tolist()}
