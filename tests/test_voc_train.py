@@ -40,7 +40,8 @@ def test_voc_smoke_train_eval_and_server_output(tmp_path):
   assert res.returncode == 0, res.stderr[-3000:]
   assert 'initialised conv1_1..fc7 from' in res.stdout
   lines = res.stdout.splitlines()
-  head = next(i for i, l in enumerate(lines) if 'aeropl' in l and 'tvmoni' in l)
+  head = next(i for i, l in enumerate(lines)  # the table's header (the AP line names classes too)
+              if 'aeropl' in l and 'tvmoni' in l and l.rstrip().endswith('mIoU'))
   assert lines[head + 2].startswith('Roy&Todorovic') and lines[head + 2].split()[-1] == '52.8'
   report = json.load(open(workdir / 'eval_val.json'))
   sizes = [Image.open(os.path.join(fake.root, 'VOCdevkit', 'VOC2012', 'SegmentationClass', f'{n}.png')).size
