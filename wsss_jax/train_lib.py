@@ -640,34 +640,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         f'(see {old}); use a new --workdir')
   save_config(config, workdir)
 
-  state = create_state(config, jax.random.key_data(jax.random.key(config.seed)))
-  mngr = checkpoint_manager(workdir, config)
-  if mngr.latest_step() is not None:
-    state = restore_state(mngr, state, quarantine=True)
-    print(f'resumed from step {int(state.step)} in {workdir}')
-  elif config.train.init_from:
-    state = init_from_warmup(config, state)
-    _copy_warmup_metrics(config.train.init_from, workdir, int(state.step))
-    print(f'started from step {int(state.step)} of {config.train.init_from} (shared warm-up)')
-  elif config.init_weights:
-    try:  # ImageNet VGG-16 for conv1_1..fc7 (Sec. 7); fc8, FCL and CRF keep their init
-      state = state.replace(params=dict(
-          state.params, backbone=weights.init_backbone(state.params['backbone'], config.init_weights)))
-    except weights.WeightsError as e:
-      raise ConfigError(str(e)) from None
-    print(f'initialised conv1_1..fc7 from {config.init_weights}')
-  # Host copies: restored arrays are committed to one device, which the pmapped step (and the
-  # keys derived from state.rng) would refuse on a multi-device host.
-  state = jax.device_get(state)
-  start = int(state.step)
-  num_steps = config.train.num_steps
-
+  # Data errors first, before a checkpoint manager (and its background threads) exists.
   train_ds = data.make_dataset(config.data, 'train')
   local_batch = config.train.batch_size // jax.process_count()
   if len(train_ds) < local_batch:
     raise ConfigError(f'the train split of data "{config.data.name}" has {len(train_ds)} examples, '
                       f'fewer than one batch of {local_batch} per process')
   eval_dataset(config, config.eval.split)  # an empty eval split is found before training, not after it
+  state = create_state(config, jax.random.key_data(jax.random.key(config.seed)))
+  mngr = checkpoint_manager(workdir, config)
+  try:  # a refused start closes the manager (its threads would print a traceback at exit)
+    if mngr.latest_step() is not None:
+      state = restore_state(mngr, state, quarantine=True)
+      print(f'resumed from step {int(state.step)} in {workdir}')
+    elif config.train.init_from:
+      state = init_from_warmup(config, state)
+      _copy_warmup_metrics(config.train.init_from, workdir, int(state.step))
+      print(f'started from step {int(state.step)} of {config.train.init_from} (shared warm-up)')
+    elif config.init_weights:
+      try:  # ImageNet VGG-16 for conv1_1..fc7 (Sec. 7); fc8, FCL and CRF keep their init
+        state = state.replace(params=dict(
+            state.params, backbone=weights.init_backbone(state.params['backbone'], config.init_weights)))
+      except weights.WeightsError as e:
+        raise ConfigError(str(e)) from None
+      print(f'initialised conv1_1..fc7 from {config.init_weights}')
+  except BaseException:
+    with contextlib.suppress(Exception):
+      mngr.close()
+    raise
+  # Host copies: restored arrays are committed to one device, which the pmapped step (and the
+  # keys derived from state.rng) would refuse on a multi-device host.
+  state = jax.device_get(state)
+  start = int(state.step)
+  num_steps = config.train.num_steps
+
   batches = data.train_batches(train_ds, global_batch=config.train.batch_size, seed=config.seed,
                                start_step=start, process_index=jax.process_index(),
                                process_count=jax.process_count(),
