@@ -78,7 +78,7 @@ def stale_run(workdir, name, seed, overrides):
         node[leaf] = value
   def pick(c):
     train = {k: c['train'][k] for k in _SAME_TRAIN}
-    train['warmup_head'] = train['warmup_head'] or c['model']['aggregation']  # '' = the model's head
+    train['warmup_head'] = train_lib.warmup_head(c)  # '' = the model's head
     return {'seed': c['seed'], 'model': c['model'], 'data': c['data'], 'train': train}
   now = pick(json.loads(cfg.to_json()))
   then = pick(json.loads(train_lib.load_config(workdir).to_json()))

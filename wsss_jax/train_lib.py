@@ -296,9 +296,10 @@ def compute_loss(params, batch, rng, config):
   return loss, metrics_
 
 
-def warmup_head(config) -> str:
-  """The aggregation head Delta^C goes through in the warm-up (train.warmup_head, '' = the model's)."""
-  return config.train.warmup_head or config.model.aggregation
+def warmup_head(config: Mapping[str, Any]) -> str:
+  """The aggregation head Delta^C goes through in the warm-up (train.warmup_head, '' = the model's);
+  `config` a ConfigDict or its JSON dict."""
+  return config['train']['warmup_head'] or config['model']['aggregation']
 
 
 def warmup_trains_other_head(config) -> bool:
@@ -759,8 +760,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def image_scores(params, config, split: str = 'val') -> tuple[np.ndarray, np.ndarray]:
-  """Sigmoid FCL (image-level) scores (N, C) of the foreground classes on `split` and its tags
-  (N, C) as booleans, gathered over all processes."""
+  """Sigmoid image-level scores (N, C) of the foreground classes on `split` (the model's head) and
+  its tags (N, C) as booleans, gathered over all processes."""
   ds = data.make_dataset(config.data, split)
   p_scores = jax.pmap(lambda p, x: jax.nn.sigmoid(model.forward(p, x, config, train=False)['image_logits'][:, 1:]),
                       axis_name=AXIS)
