@@ -249,8 +249,7 @@ def test_warmup_head_pretrains_through_another_head():
   for c in (fcl, lse):
     c.model.crf.enabled = False
     train_lib.validate_config(c)
-  ds = data.make_dataset(fcl.data, 'train')
-  batch = {k: np.stack([ds[i][k] for i in range(4)]) for k in ('image', 'tags', 'mask')}
+  batch = next(data.train_batches(data.make_dataset(fcl.data, 'train'), global_batch=4, seed=0))
   dev = jax.devices()[:1]
   key = jax.random.key_data(jax.random.key(3))
   s_fcl, s_lse = train_lib.create_state(fcl, key), train_lib.create_state(lse, key)
@@ -293,8 +292,7 @@ def test_fcl_lr_scale_scales_only_the_fcl_step():
   base.train.seg_loss_weight = 0.0
   scaled = copy.deepcopy(base)
   scaled.train.fcl_lr_scale = 0.1
-  ds = data.make_dataset(base.data, 'train')
-  batch = {k: np.stack([ds[i][k] for i in range(4)]) for k in ('image', 'tags', 'mask')}
+  batch = next(data.train_batches(data.make_dataset(base.data, 'train'), global_batch=4, seed=0))
   dev = jax.devices()[:1]
   key = jax.random.key_data(jax.random.key(3))
   init = jax.device_get(train_lib.create_state(base, key).params)
