@@ -18,7 +18,9 @@ Runs go to `--jobs` worker processes (default: one per CPU core, each pinned to 
 the throughput of one process using both cores of this CPU, measured) sharing one persistent XLA
 compilation cache. Finished runs (their eval file at the final step, with the current CRF-RNN
 inference settings) are reused, so an interrupted sweep resumes where it stopped; a finished run
-trained under other CRF-RNN kernels is re-evaluated with `eval.py --crf`.
+trained under other CRF-RNN kernels is re-evaluated with `eval.py --crf`. After a change that
+acts only after the warm-up, `--warmups_from OLD_ROOT` starts B1 and its forks from the warm-ups
+of an earlier sweep's B1 runs instead of training them again.
 """
 from __future__ import annotations
 
@@ -79,7 +81,10 @@ def stale_run(workdir, name, seed, overrides):
   def pick(c):
     train = {k: c['train'][k] for k in _SAME_TRAIN}
     train['warmup_head'] = train_lib.warmup_head(c)  # '' = the model's head
-    return {'seed': c['seed'], 'model': c['model'], 'data': c['data'], 'train': train}
+    model = dict(c['model'])
+    if model['aggregation'] != 'fcl' or c['train']['mode'] == 'fully_supervised':
+      model.pop('fcl_form', None)  # no FCL acts in the run's training or its mIoU
+    return {'seed': c['seed'], 'model': model, 'data': c['data'], 'train': train}
   now = pick(json.loads(cfg.to_json()))
   then = pick(json.loads(train_lib.load_config(workdir).to_json()))
   return train_lib._first_difference(then, now)  # pylint: disable=protected-access
@@ -175,7 +180,9 @@ def plan(args, steps):
       cmd = [sys.executable, 'train.py', f'--config={config}', f'--workdir={workdir}',
              f'--config.seed={seed}', '--config.train.progress_bar=False', *args.overrides]
       deps = []
-      if name in FORKS and 'no_att' in trained:
+      if args.warmups_from and (name in FORKS or name == 'no_att'):
+        cmd.append(f'--config.train.init_from={os.path.join(args.warmups_from, "no_att", f"seed{seed}")}')
+      elif name in FORKS and 'no_att' in trained:
         cmd.append(f'--config.train.init_from={os.path.join(args.root, "no_att", f"seed{seed}")}')
         deps = [f'no_att/seed{seed}']
       tasks[key] = Task(key, cmd, deps, workdir, 'train')
@@ -239,6 +246,10 @@ def main():
   parser.add_argument('--out', default=os.path.join(ROOT, 'docs', 'results_synthetic.md'))
   parser.add_argument('--only', nargs='*', default=None, help='subset of the trained configs')
   parser.add_argument('--dry_run', action='store_true', help='list the tasks and stop')
+  parser.add_argument('--warmups_from', default='',
+                      help="an earlier sweep's root: B1 and its forks start from the warm-up of "
+                           'its no_att/seedS runs (train.py checks that it is the same computation), '
+                           'to rerun only what acts after the warm-up')
   parser.add_argument('overrides', nargs='*', help='extra --config.* overrides for every run')
   args = parser.parse_args()
   steps = None

@@ -38,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.backbone.fc6_dilation = 2     # paper: 12 on 41x41 maps; 8x8 maps here
   config.model.backbone.dropout_rate = 0.5
   config.model.aggregation = 'fcl'           # fcl | gap | gmp | lse (Table 5)
+  # The FCL's form (the paper gives none): linear in f (GAP at init) | lse (per-position
+  # log-weights inside LSE's sum, LSE at init; docs/DESIGN.md, "The FCL's form").
+  config.model.fcl_form = 'lse'
   config.model.lse_r = 5.0
   config.model.aggregate_input = 'scores'    # scores (f, Sec. 3) | log_softmax (log p^S)
   config.model.cls_from = 'cnn'              # Delta^C on the FCL of: cnn scores | crf (CRF-RNN logits)

@@ -33,6 +33,28 @@ def test_fcl_is_per_class_fully_connected():
     aggregation.fcl(p, f[:, :3])
 
 
+def test_fcl_lse_form_has_positional_log_weights_inside_lse():
+  """model.fcl_form = 'lse': s = (1/r) log(mean_i exp(W_i) exp(r f_i)) + c against float64 numpy;
+  LSE itself at the init (W = 0), whose positional weights for the top-down pass are uniform."""
+  rng = np.random.default_rng(1)
+  f = rng.normal(size=(3, 4, 5, 6))
+  w, b, r = rng.normal(size=(4, 5, 6)), rng.normal(size=6), 3.0
+  ref = np.log(np.mean(np.exp(w)[None] * np.exp(r * f), axis=(1, 2))) / r + b
+  p = {'w': jnp.asarray(w, jnp.float32), 'b': jnp.asarray(b, jnp.float32)}
+  np.testing.assert_allclose(aggregation.fcl(p, jnp.asarray(f, jnp.float32), 'lse', r), ref,
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(aggregation.fcl_positional_weights(p, 'lse'), np.exp(w), rtol=1e-6)
+  init = aggregation.init_fcl((4, 5), 6, 'lse')
+  f32 = jnp.asarray(f, jnp.float32)
+  np.testing.assert_allclose(aggregation.fcl(init, f32, 'lse', r), aggregation.lse(f32, r),
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(aggregation.fcl_positional_weights(init, 'lse'), 1.0)
+  # large scores stay finite (log-sum-exp in log space)
+  assert np.all(np.isfinite(aggregation.fcl(init, 100.0 * f32, 'lse', r)))
+  with pytest.raises(ValueError, match='FCL form must be one of'):
+    aggregation.fcl(p, f32, 'max')
+
+
 def _np_eq14(logits, tags):
   p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
   out = []

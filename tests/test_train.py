@@ -219,6 +219,36 @@ def test_init_from_starts_at_the_shared_warmup(tmp_path):
   assert not os.path.exists(os.path.join(tmp_path, 'bad', 'checkpoints', '2'))
 
 
+def test_init_from_shares_a_warmup_across_fcl_forms(tmp_path):
+  """With the warm-up classifying through another head, the FCL sits at its init through it, so
+  an 'lse'-form FCL run may start from a 'linear'-form run's warm-up: it ends bit-identical to
+  the same run from scratch (init_from takes this run's FCL init). A warm-up through the FCL
+  itself trains it, and then the forms' warm-ups differ."""
+  def cfg(form, **train):
+    c = _tiny(**{'num_steps': 4, 'warmup_steps': 2, 'checkpoint_every': 4, 'keep_checkpoints': 1,
+                 'warmup_head': 'lse', **train})
+    c.model.fcl_form = form
+    c.model.crf.enabled = False
+    c.model.attention.enabled = False
+    c.train.seg_loss_weight = 0.0
+    return c
+  linear, scratch, forked = (str(tmp_path / n) for n in ('linear', 'scratch', 'forked'))
+  train_lib.train_and_evaluate(cfg('linear'), linear)
+  train_lib.train_and_evaluate(cfg('lse'), scratch)
+  train_lib.train_and_evaluate(cfg('lse', init_from=linear), forked)
+  (sa, a), (sb, b) = (_params(w, cfg('lse')) for w in (scratch, forked))
+  assert sa == sb == 4
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y)
+  sig = lambda c: train_lib.warmup_signature(c)
+  d = train_lib._first_difference(sig(cfg('linear', warmup_head='')), sig(cfg('lse', warmup_head='')))
+  assert d is not None and 'fcl_form' in d
+  bad = cfg('lse')
+  bad.model.fcl_form = 'max'
+  with pytest.raises(train_lib.ConfigError, match='config.model.fcl_form must be one of'):
+    train_lib.validate_config(bad)
+
+
 def test_warmup_signature_ignores_what_acts_after_the_warmup():
   """A learning-rate step at or after train.warmup_steps (a longer run from a shared warm-up),
   or another Delta^S target, leaves the warm-up unchanged; a step inside it does not."""

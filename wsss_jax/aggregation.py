@@ -6,6 +6,12 @@ Its weights are per spatial position, so the score map has a fixed size
 (41x41 for 321x321 inputs). GMP, GAP and LSE are the heuristic alternatives
 compared in Table 5. Every head returns logits s (N, K); probabilities are
 sigmoid(s).
+
+The paper gives the FCL no formula. `form='linear'` is the reading above, GAP at its init;
+`form='lse'` puts the same per-position weights inside LSE's sum,
+s(y) = (1/r) log((1/N) sum_i exp(W_i(y)) exp(r f_i(y))) + c(y), i.e. log-weights W, LSE at
+its init (W = 0): a learned pooling that starts from the max-like heuristic instead of the
+average (docs/DESIGN.md, "The FCL's form").
 """
 from __future__ import annotations
 
@@ -13,21 +19,40 @@ import jax
 import jax.numpy as jnp
 
 HEADS = ('fcl', 'gap', 'gmp', 'lse')
+FCL_FORMS = ('linear', 'lse')
 
 
-def init_fcl(map_size: tuple[int, int], num_classes: int) -> dict[str, jax.Array]:
-  """FCL parameters, initialised to GAP (W = 1/N, c = 0) so training starts from the GAP baseline."""
+def init_fcl(map_size: tuple[int, int], num_classes: int,
+             form: str = 'linear') -> dict[str, jax.Array]:
+  """FCL parameters at the heuristic head they generalise: GAP for 'linear' (W = 1/N),
+  LSE for 'lse' (log-weights W = 0); c = 0."""
   h, w = map_size
-  return {'w': jnp.full((h, w, num_classes), 1.0 / (h * w), jnp.float32),
+  if form not in FCL_FORMS:
+    raise ValueError(f'FCL form must be one of {FCL_FORMS}, got {form!r}')
+  w0 = 1.0 / (h * w) if form == 'linear' else 0.0
+  return {'w': jnp.full((h, w, num_classes), w0, jnp.float32),
           'b': jnp.zeros((num_classes,), jnp.float32)}
 
 
-def fcl(params: dict[str, jax.Array], scores: jax.Array) -> jax.Array:
-  """Per-class fully connected layer: (N, h, w, K) -> (N, K)."""
+def fcl(params: dict[str, jax.Array], scores: jax.Array, form: str = 'linear',
+        r: float = 5.0) -> jax.Array:
+  """Per-class fully connected layer: (N, h, w, K) -> (N, K); `r` is LSE's, for form 'lse'."""
   if scores.shape[1:] != params['w'].shape:
     raise ValueError(f'FCL expects score maps of shape {params["w"].shape} (h, w, K), '
                      f'got {scores.shape[1:]}: the FCL needs a fixed input size')
+  if form == 'lse':
+    n = scores.shape[1] * scores.shape[2]
+    z = (r * scores + params['w']).reshape(scores.shape[0], n, scores.shape[3])
+    return (jax.nn.logsumexp(z, axis=1) - jnp.log(n)) / r + params['b']
+  if form != 'linear':
+    raise ValueError(f'FCL form must be one of {FCL_FORMS}, got {form!r}')
   return jnp.einsum('nhwk,hwk->nk', scores, params['w']) + params['b']
+
+
+def fcl_positional_weights(params: dict[str, jax.Array], form: str = 'linear') -> jax.Array:
+  """The FCL's weight on each position of each class map, (h, w, K): what the top-down pass
+  distributes a class unit's signal by (exp of the log-weights for form 'lse')."""
+  return jnp.exp(params['w']) if form == 'lse' else params['w']
 
 
 def gap(scores: jax.Array) -> jax.Array:
@@ -46,10 +71,10 @@ def lse(scores: jax.Array, r: float) -> jax.Array:
 
 
 def aggregate(head: str, params: dict[str, jax.Array] | None, scores: jax.Array,
-              lse_r: float = 5.0) -> jax.Array:
+              lse_r: float = 5.0, fcl_form: str = 'linear') -> jax.Array:
   """Image logits (N, K) from score maps (N, h, w, K) with the named head."""
   if head == 'fcl':
-    return fcl(params, scores)
+    return fcl(params, scores, fcl_form, lse_r)
   if head == 'gap':
     return gap(scores)
   if head == 'gmp':

@@ -36,7 +36,8 @@ def init_params(key: jax.Array, config: Mapping[str, Any]) -> dict[str, Any]:
   bcfg = backbone_config(config)
   params = {'backbone': backbone.init_params(key, bcfg)}
   if config['model']['aggregation'] == 'fcl':
-    params['fcl'] = aggregation.init_fcl(score_map_size(config), bcfg.num_classes)
+    params['fcl'] = aggregation.init_fcl(score_map_size(config), bcfg.num_classes,
+                                         config['model']['fcl_form'])
   if config['model']['crf']['enabled']:
     params['crf'] = crf.init_params(bcfg.num_classes)
   return params
@@ -81,7 +82,9 @@ def crf_kernels(config: Mapping[str, Any]) -> tuple[crf.Kernel, ...]:
 def attention_map(params, activations, images, class_mask, config) -> jax.Array:
   """p^A (B, H, W, K) for the classes in class_mask, from one forward pass's activations."""
   a = config['model']['attention']
-  fcl_w = params.get('fcl', {}).get('w')
+  fcl_w = params.get('fcl')
+  if fcl_w is not None:
+    fcl_w = aggregation.fcl_positional_weights(fcl_w, config['model']['fcl_form'])
   grid = activations['fc8'].shape[1:3]
   if fcl_w is not None and fcl_w.shape[:2] != grid:  # inference on a larger image (see image_logits)
     fcl_w = jax.image.resize(fcl_w, grid + fcl_w.shape[2:], 'linear')
@@ -101,7 +104,7 @@ def image_logits(params: Mapping[str, Any], scores: jax.Array, config: Mapping[s
     # The FCL has a weight per position of the training crop's score grid; a larger image
     # at inference (VOC val at full size) is classified from its scores resized to that grid.
     agg_in = downsample(agg_in, params['fcl']['w'].shape[:2])
-  return aggregation.aggregate(m['aggregation'], params.get('fcl'), agg_in, m['lse_r'])
+  return aggregation.aggregate(m['aggregation'], params.get('fcl'), agg_in, m['lse_r'], m['fcl_form'])
 
 
 def downsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:

@@ -71,7 +71,8 @@ SCHEMA = {
              'crop_size': None, 'scale_range': None, 'flip': None, 'eval_size': None},
     'model': {'backbone': {'width': None, 'depth': None, 'fc_features': None,
                            'fc6_dilation': None, 'dropout_rate': None},
-              'aggregation': None, 'lse_r': None, 'aggregate_input': None, 'cls_from': None,
+              'aggregation': None, 'fcl_form': None, 'lse_r': None, 'aggregate_input': None,
+              'cls_from': None,
               'attention': {'enabled': None, 'neighbors': None, 'lateral': None, 'radius': None,
                             'eps': None, 'qp_tol': None, 'qp_iters': None, 'stop_at': None,
                             'gradient': None, 'max_classes': None, 'background': None,
@@ -119,6 +120,9 @@ def validate_config(config: Mapping[str, Any]) -> None:
     raise ConfigError(f'config.train.optimizer must be sgd|adam, got {t["optimizer"]!r}')
   if m['aggregation'] not in aggregation.HEADS:
     raise ConfigError(f'config.model.aggregation must be one of {aggregation.HEADS}, got {m["aggregation"]!r}')
+  if m['fcl_form'] not in aggregation.FCL_FORMS:
+    raise ConfigError(f'config.model.fcl_form must be one of {aggregation.FCL_FORMS}, '
+                      f'got {m["fcl_form"]!r}')
   if t['warmup_head'] not in ('',) + aggregation.HEADS:
     raise ConfigError(f"config.train.warmup_head must be '' (model.aggregation) or one of "
                       f"{aggregation.HEADS}, got {t['warmup_head']!r}")
@@ -193,7 +197,8 @@ ADDED_KEYS = {'init_weights': '', 'train.nonfinite': 'skip', 'data.data_dir': ''
               'data.train_split': 'train', 'data.crop_size': 0, 'data.scale_range': (1.0, 1.0),
               'data.flip': False, 'data.eval_size': 0, 'train.init_from': '',
               'model.attention.feedforward_weight': 1.0, 'model.attention.top_signal': 'scores',
-              'train.seg_target_stride': 1, 'train.warmup_head': '', 'train.fcl_lr_scale': 1.0}
+              'train.seg_target_stride': 1, 'train.warmup_head': '', 'train.fcl_lr_scale': 1.0,
+              'model.fcl_form': 'linear'}
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -345,8 +350,9 @@ def warmup_signature(config) -> dict[str, Any]:
   sig['model']['crf_enabled'] = crf_enabled
   sig['model']['fcl_params'] = config.model.aggregation == 'fcl'  # the parameter tree (and decay mask)
   sig['model']['fcl_decay'] = not warmup_trains_other_head(config)
-  if warmup_trains_other_head(config):  # the FCL gets no step in the warm-up
-    sig['train'].pop('fcl_lr_scale')
+  if warmup_trains_other_head(config):  # the FCL gets no step in the warm-up: it ends at its
+    sig['train'].pop('fcl_lr_scale')    # init, which init_from_warmup takes from this run's form
+    sig['model'].pop('fcl_form', None)
   if int(config.train.lr_decay_every) >= int(config.train.warmup_steps):  # no decay in the warm-up
     sig['train'].pop('lr_decay_every')
     sig['train'].pop('lr_decay_factor')
@@ -375,9 +381,14 @@ def init_from_warmup(config, template: TrainState) -> TrainState:
                       f'in {d}')
   mngr = checkpoint_manager(src, other, read_only=True)
   try:
-    return restore_state(mngr, template, step)
+    state = restore_state(mngr, template, step)
   finally:
     mngr.close()
+  if warmup_trains_other_head(config) and 'fcl' in template.params:
+    # The warm-up left the FCL at its init (no gradient, no decay: tested), and its Adam moments
+    # at 0; this run's init is taken, so a warm-up is shared across model.fcl_form too.
+    state = state.replace(params={**state.params, 'fcl': template.params['fcl']})
+  return state
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, config):
