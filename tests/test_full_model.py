@@ -6,7 +6,7 @@ import pytest
 from flax import jax_utils
 
 from configs import ablation, tiny
-from wsss_jax import attention, crf, data, losses, model, train_lib
+from wsss_jax import aggregation, attention, crf, data, losses, model, train_lib
 
 
 def _config():
@@ -215,7 +215,8 @@ def test_attention_max_classes_equals_all_classes():
   _, acts = model.bottom_up(params, images, config, train=False)
   bcfg = model.backbone_config(config)
   run = lambda mc: jax.jit(lambda p, a, x, t: attention.attention_maps(
-      p['backbone'], a, bcfg, x, p['fcl']['w'], t, radius=2, qp_iters=30, max_classes=mc))(
+      p['backbone'], a, bcfg, x, aggregation.fcl_positional_weights(p['fcl'], config.model.fcl_form),
+      t, radius=2, qp_iters=30, max_classes=mc))(
           params, acts, images, tags)
   np.testing.assert_allclose(np.asarray(run(4)), np.asarray(run(None)), rtol=1e-5, atol=1e-6)
 
