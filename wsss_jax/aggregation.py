@@ -22,13 +22,17 @@ HEADS = ('fcl', 'gap', 'gmp', 'lse')
 FCL_FORMS = ('linear', 'lse')
 
 
+def _check_form(form: str) -> None:
+  if form not in FCL_FORMS:
+    raise ValueError(f'FCL form must be one of {FCL_FORMS}, got {form!r}')
+
+
 def init_fcl(map_size: tuple[int, int], num_classes: int,
              form: str = 'linear') -> dict[str, jax.Array]:
   """FCL parameters at the heuristic head they generalise: GAP for 'linear' (W = 1/N),
   LSE for 'lse' (log-weights W = 0); c = 0."""
   h, w = map_size
-  if form not in FCL_FORMS:
-    raise ValueError(f'FCL form must be one of {FCL_FORMS}, got {form!r}')
+  _check_form(form)
   w0 = 1.0 / (h * w) if form == 'linear' else 0.0
   return {'w': jnp.full((h, w, num_classes), w0, jnp.float32),
           'b': jnp.zeros((num_classes,), jnp.float32)}
@@ -37,6 +41,7 @@ def init_fcl(map_size: tuple[int, int], num_classes: int,
 def fcl(params: dict[str, jax.Array], scores: jax.Array, form: str = 'linear',
         r: float = 5.0) -> jax.Array:
   """Per-class fully connected layer: (N, h, w, K) -> (N, K); `r` is LSE's, for form 'lse'."""
+  _check_form(form)
   if scores.shape[1:] != params['w'].shape:
     raise ValueError(f'FCL expects score maps of shape {params["w"].shape} (h, w, K), '
                      f'got {scores.shape[1:]}: the FCL needs a fixed input size')
@@ -44,8 +49,6 @@ def fcl(params: dict[str, jax.Array], scores: jax.Array, form: str = 'linear',
     n = scores.shape[1] * scores.shape[2]
     z = (r * scores + params['w']).reshape(scores.shape[0], n, scores.shape[3])
     return (jax.nn.logsumexp(z, axis=1) - jnp.log(n)) / r + params['b']
-  if form != 'linear':
-    raise ValueError(f'FCL form must be one of {FCL_FORMS}, got {form!r}')
   return jnp.einsum('nhwk,hwk->nk', scores, params['w']) + params['b']
 
 

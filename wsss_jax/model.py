@@ -82,9 +82,8 @@ def crf_kernels(config: Mapping[str, Any]) -> tuple[crf.Kernel, ...]:
 def attention_map(params, activations, images, class_mask, config) -> jax.Array:
   """p^A (B, H, W, K) for the classes in class_mask, from one forward pass's activations."""
   a = config['model']['attention']
-  fcl_w = params.get('fcl')
-  if fcl_w is not None:
-    fcl_w = aggregation.fcl_positional_weights(fcl_w, config['model']['fcl_form'])
+  fcl = params.get('fcl')
+  fcl_w = None if fcl is None else aggregation.fcl_positional_weights(fcl, config['model']['fcl_form'])
   grid = activations['fc8'].shape[1:3]
   if fcl_w is not None and fcl_w.shape[:2] != grid:  # inference on a larger image (see image_logits)
     fcl_w = jax.image.resize(fcl_w, grid + fcl_w.shape[2:], 'linear')
