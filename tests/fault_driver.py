@@ -12,6 +12,7 @@ import errno
 import os
 import signal
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -30,6 +31,12 @@ if fault == 'kill_mid_save':
   def save(self, step, *args, **kwargs):
     result = original_save(self, step, *args, **kwargs)
     if step == int(arg):
+      # orbax may create the step's temporary directory on its background thread: wait until it
+      # exists (the save has started writing), so the kill lands mid-save, not before it
+      ckpt, deadline = str(self.directory), time.monotonic() + 30
+      while time.monotonic() < deadline and not any(
+          d.startswith(arg) and not d.isdigit() for d in os.listdir(ckpt)):
+        time.sleep(0.0005)
       os.kill(os.getpid(), signal.SIGKILL)
     return result
   ocp.CheckpointManager.save = save
