@@ -89,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.init_from = ''
   # Head Delta^C goes through in the warm-up ('' = model.aggregation). A stand-in for ImageNet
   # pre-training is one classifier for every row of Tables 1 and 5; the FCL then starts the
-  # main phase at its GAP init (docs/DESIGN.md, "Warm-up length and head").
+  # main phase at its init (docs/DESIGN.md, "Warm-up length and head").
   config.train.warmup_head = 'lse'
   config.train.fcl_lr_scale = 1.0           # the FCL's lr multiplier (Caffe lr_mult; docs/DESIGN.md)
   config.train.seg_loss_weight = 1.5         # lambda of Eq. (13); 0: baseline B2 (w/o seg loss)

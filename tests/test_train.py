@@ -271,7 +271,7 @@ def test_warmup_signature_ignores_what_acts_after_the_warmup():
 
 def test_warmup_head_pretrains_through_another_head():
   """train.warmup_head = 'lse' on an FCL model: the warm-up steps are exactly an LSE model's
-  (same backbone after them), the FCL keeps its GAP init through them (no gradient, no decay)
+  (same backbone after them), the FCL keeps its init through them (no gradient, no decay)
   and the main phase then trains it; the warm-up signature tells the two heads' runs apart."""
   fcl = _tiny(warmup_steps=2, warmup_head='lse')
   lse = _tiny(warmup_steps=2)

@@ -240,7 +240,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
   # No weight decay on the CRF-RNN compatibility: with Adam a decay-only gradient moves it by ~lr
   # per step, which would erase the Potts init in runs where no loss reaches it (B1, B2, warm-up).
   # For the same reason none on the FCL when the warm-up trains another head (train.warmup_head):
-  # the FCL then starts the main phase at its GAP init.
+  # the FCL then starts the main phase at its init (GAP or LSE, model.fcl_form).
   no_decay = {'crf'} | ({'fcl'} if warmup_trains_other_head(config) else set())
   decay_mask = lambda params: {k: jax.tree.map(lambda _: k not in no_decay, v) for k, v in params.items()}
   return optax.chain(optax.add_decayed_weights(t.weight_decay, mask=decay_mask), opt)
