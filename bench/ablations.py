@@ -11,9 +11,10 @@ Runs that would compute the same thing are shared rather than repeated:
   same computation, tests/test_train.py that the result is bit-identical to a run from scratch).
 * While no loss reaches the CRF-RNN (model.cls_from = train.seg_loss_on = 'cnn', the default),
   B3, B5 and B6 train exactly the full method's network and differ only at inference, so they are
-  the full run's checkpoint evaluated: B3 = B6 (CRF-RNN unary -log p^S; the rows coincide) and B5
-  with dense-CRF post-processing instead of the CRF-RNN (`eval.py --dense_crf`). With another
-  setting they are trained separately. Table 5's FCL row is the full method.
+  the full run's checkpoint evaluated: B3 = B6 (CRF-RNN unary -log p^S; the rows coincide), B5
+  with dense-CRF post-processing of p^S instead of the CRF-RNN (`eval.py --dense_crf
+  --noattention`) and B5' with that of p^S p^A (`eval.py --dense_crf`). With another setting they
+  are trained separately. Table 5's FCL row is the full method.
 Runs go to `--jobs` worker processes (default: one per CPU core, each pinned to its core: 1.2x
 the throughput of one process using both cores of this CPU, measured) sharing one persistent XLA
 compilation cache. Finished runs (their eval file at the final step, with the current CRF-RNN
@@ -37,16 +38,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 TABLE1 = [('no_att', 'B1 w/o att'), ('no_seg_loss', 'B2 w/o seg loss'),
           ('no_att_unary', 'B3 w/o att unary'), ('no_neighbor', 'B4 w/o neighbor'),
-          ('no_crf_rnn', 'B5 w/o CRF-RNN (dense-CRF post-processing)'),
+          ('no_crf_rnn', 'B5 w/o CRF-RNN (dense-CRF post-processing of p^S)'),
+          ('no_crf_rnn_fused', "B5' dense-CRF post-processing of p^S p^A (another reading)"),
           ('no_att_inference', 'B6 w/o att inference'), ('full', 'Full approach')]
 TABLE5 = [('gmp', 'GMP'), ('gap', 'GAP'), ('lse', 'LSE'), ('full', 'FCL')]
 # Trained configs, longest first within a seed; forks of B1's warm-up after B1.
 TRAINED = ['no_att', 'lse', 'gmp', 'gap', 'fully_supervised', 'full', 'no_neighbor', 'no_seg_loss',
-           'no_att_unary', 'no_crf_rnn']
+           'no_att_unary', 'no_crf_rnn', 'no_crf_rnn_fused']
 FORKS = ('full', 'no_seg_loss', 'no_neighbor')
 # name -> eval.py flags turning the full run into that baseline, when the training is the same.
 FROM_FULL = {'no_att_unary': ('--noattention',), 'no_att_inference': ('--noattention',),
-             'no_crf_rnn': ('--dense_crf',)}
+             'no_crf_rnn': ('--dense_crf', '--noattention'), 'no_crf_rnn_fused': ('--dense_crf',)}
 
 
 def config_of(name):
@@ -305,9 +307,10 @@ def write_table(args, miou, steps):
   for name, label in TABLE5:
     lines.append(f'| {label} | {_fmt(miou.get(name, []))[0]} |')
   if no_loss_reaches_crf():
-    lines += ['', 'B3, B5 and B6 are the full run\'s checkpoints evaluated without the attention '
-              'unary (B3 = B6) and with dense-CRF post-processing (B5): no loss reaches the '
-              'CRF-RNN, so their training is the full method\'s (bench/ablations.py).']
+    lines += ['', 'B3, B5, B5\' and B6 are the full run\'s checkpoints evaluated without the '
+              'attention unary (B3 = B6), with dense-CRF post-processing of p^S (B5) and with that '
+              'of p^S p^A (B5\') instead of the CRF-RNN: no loss reaches the CRF-RNN, so their '
+              'training is the full method\'s (bench/ablations.py).']
   log = os.path.join(args.root, 'sweeps.jsonl')
   lines += ['', '## Run time', '', 'Every invocation of the script that ran tasks (from '
             f'{os.path.relpath(log, ROOT)}):', '']

@@ -2,7 +2,8 @@
 full method: `python train.py --config=configs/ablation.py:no_att`.
 
 Table 1: no_att (B1), no_seg_loss (B2), no_att_unary (B3), no_neighbor (B4), no_crf_rnn (B5),
-no_att_inference (B6), full. Table 5 (full method, other heads): gmp, gap, lse, fcl.
+no_att_inference (B6), full; no_crf_rnn_fused is B5 under another reading (docs/DESIGN.md, "B5").
+Table 5 (full method, other heads): gmp, gap, lse, fcl.
 """
 from configs import default
 
@@ -24,10 +25,18 @@ def _no_neighbor(c):  # B4: parent-child term only (plain excitation backprop)
   c.model.attention.neighbors = False
 
 
-def _no_crf_rnn(c):  # B5: no CRF-RNN layer; dense-CRF post-processing of p^S p^A instead
+def _no_crf_rnn(c):
+  """B5: no CRF-RNN layer, so no attention unary (Eq. 11 is the CRF-RNN's); DeepLab's dense-CRF
+  post-processing [7] of the CNN's p^S instead. Attention acts through Delta^S only."""
   c.model.crf.enabled = False
   c.train.seg_loss_on = 'cnn'
   c.eval.dense_crf.enabled = True
+  c.eval.attention = False
+
+
+def _no_crf_rnn_fused(c):  # B5 read as: dense-CRF post-processing of the fused p^S p^A
+  _no_crf_rnn(c)
+  c.eval.attention = True
 
 
 def _no_att_inference(c):  # B6: trained as the full method, no attention in the unary at test time
@@ -47,6 +56,7 @@ ABLATIONS = {
     'no_att_unary': _no_att_unary,
     'no_neighbor': _no_neighbor,
     'no_crf_rnn': _no_crf_rnn,
+    'no_crf_rnn_fused': _no_crf_rnn_fused,
     'no_att_inference': _no_att_inference,
     'gmp': _head('gmp'),
     'gap': _head('gap'),
