@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.test_size = 500
   config.data.seed = 0
   config.data.generator = ml_collections.ConfigDict()  # extra SyntheticWSSS knobs
+  config.data.generator.center_bias = 0.0  # 0: object centres uniform; > 0: a centre prior
   config.data.num_threads = 1
   # Real data (configs/voc12_largefov.py): TFDS data dir, raw VOCdevkit/SBD dir, training split,
   # augmentation (crop, random scale, flip; crop_size 0 = none) and the eval padding size (0 = none).

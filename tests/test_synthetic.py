@@ -68,8 +68,35 @@ def test_parts_are_small_and_background_is_cluttered(train):
   assert np.median(bg_std) > 10
 
 
+def _single_object_centroids(ds, n):
+  out = []
+  for i in range(n):
+    m = ds[i]['mask']
+    if len(set(np.unique(m)) - {0}) == 1 and ds[i]['tags'].sum() == 1:
+      ys, xs = np.nonzero(m)
+      out.append((ys.mean(), xs.mean()))
+  return np.array(out)
+
+
+def test_center_bias_moves_objects_to_the_middle():
+  """center_bias 0 is the default stream, byte for byte; 0.6 puts every single object's centroid
+  within [0.36, 0.64] of the image (its centre's window; a symmetric body's centroid is its centre,
+  clipping at the border only moves it inwards), which the default does not."""
+  base, zero = SyntheticWSSS('val', 60, seed=3), SyntheticWSSS('val', 60, seed=3, center_bias=0.0)
+  for i in (0, 31):
+    assert base[i]['image'].tobytes() == zero[i]['image'].tobytes()
+  s, lo, hi = 64, 0.15 + 0.35 * 0.6, 0.85 - 0.35 * 0.6
+  biased = _single_object_centroids(SyntheticWSSS('val', 300, seed=3, center_bias=0.6), 300)
+  default = _single_object_centroids(SyntheticWSSS('val', 300, seed=3), 300)
+  assert len(biased) > 50 and len(default) > 50
+  assert biased.min() >= lo * s - 2.0 and biased.max() <= hi * s + 2.0, (biased.min(), biased.max())
+  assert ((default < lo * s - 2.0) | (default > hi * s + 2.0)).any(axis=1).mean() > 0.3
+
+
 def test_bad_arguments():
   with pytest.raises(ValueError, match='split'):
     SyntheticWSSS('dev')
   with pytest.raises(ValueError, match='num_classes'):
     SyntheticWSSS('train', num_classes=9)
+  with pytest.raises(ValueError, match='center_bias'):
+    SyntheticWSSS('train', center_bias=1.0)

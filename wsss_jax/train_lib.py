@@ -198,7 +198,7 @@ ADDED_KEYS = {'init_weights': '', 'train.nonfinite': 'skip', 'data.data_dir': ''
               'data.flip': False, 'data.eval_size': 0, 'train.init_from': '',
               'model.attention.feedforward_weight': 1.0, 'model.attention.top_signal': 'scores',
               'train.seg_target_stride': 1, 'train.warmup_head': '', 'train.fcl_lr_scale': 1.0,
-              'model.fcl_form': 'linear'}
+              'model.fcl_form': 'linear', 'data.generator.center_bias': 0.0}
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
