@@ -2,7 +2,8 @@
 full method: `python train.py --config=configs/ablation.py:no_att`.
 
 Table 1: no_att (B1), no_seg_loss (B2), no_att_unary (B3), no_neighbor (B4), no_crf_rnn (B5),
-no_att_inference (B6), full; no_crf_rnn_fused is B5 under another reading (docs/DESIGN.md, "B5").
+no_att_inference (B6), full; no_crf_rnn_fused is B5 under another reading (docs/DESIGN.md,
+"B5: which unary the post-processing gets").
 Table 5 (full method, other heads): gmp, gap, lse, fcl.
 """
 from configs import default

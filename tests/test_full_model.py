@@ -252,8 +252,9 @@ def test_b5_is_dense_crf_post_processing_of_its_unary(name):
   out, _ = model.bottom_up(params, images, config, train=False)
   p_s = np.asarray(out['p_s'], np.float64)
   if name == 'no_crf_rnn_fused':
-    seg = model.segment(params, images, config, jnp.asarray([[1, 1] + [0] * 5] * 2, jnp.float32),
-                        train=False)
+    mask = np.zeros((2, config.data.num_classes + 1), np.float32)
+    mask[:, :2] = 1.0
+    seg = model.segment(params, images, config, jnp.asarray(mask), train=False)
     unary = p_s * np.asarray(seg['attention'], np.float64)
     unary /= unary.sum(-1, keepdims=True)
   else:

@@ -21,10 +21,11 @@ It is hard for weak supervision in the ways PASCAL VOC is:
   distractor that only context tells from an object).
 * Class a co-occurs with class (a + C//2) mod C with probability `cooccur_prob`
   (like person + bicycle).
-* Object centres are uniform in the middle 70% of the image by default, so
-  nothing about an object's position is learnable; `center_bias` b in [0, 1)
-  narrows that window to [0.15 + 0.35 b, 0.85 - 0.35 b] of the image (a
-  photographer's centre prior, as in VOC; clutter stays uniform).
+* Object centres are uniform in the middle 70% of the image by default (so
+  border cells hold objects a little less often than central ones);
+  `center_bias` b in [0, 1) narrows that window to [0.15 + 0.35 b,
+  0.85 - 0.35 b] of the image (a photographer's centre prior, as in VOC;
+  clutter stays uniform).
 
 Knobs (constructor arguments): `split` ('train' | 'val' | 'test', disjoint
 random streams), `num_examples`, `image_size`, `num_classes` (2..8),
