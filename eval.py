@@ -2,15 +2,16 @@
 
 Inference variants: --noattention (baseline B6: no attention in the CRF unary), --dense_crf
 (dense-CRF post-processing), --scales=0.75,1,1.25 and --flip (multi-scale / flip averaging),
---class_threshold=T, --crf=iters=10,sigma_z=28.3 (CRF-RNN inference settings). Prints the per-class IoU table (layout of the paper's Table 2), writes
-eval_<split>[_<variant>].json and examples_<split>[_<variant>].png into the workdir (one file
-per variant, so no variant overwrites another's results).
+--class_threshold=T, --crf=iters=10,sigma_z=28.3 (CRF-RNN inference settings). Prints the
+per-class IoU table (layout of the paper's Table 2), writes eval_<split>[_<variant>].json and
+examples_<split>[_<variant>].png into the workdir (one file per variant, so no variant
+overwrites another's results).
 """
 import sys
 
 from absl import app, flags, logging
 
-from wsss_jax import cli, data, train_lib
+from wsss_jax import cli, config_lib, data, evaluation
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', 'runs/default', 'A workdir written by train.py.')
@@ -31,22 +32,12 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   cli.initialize_distributed()
   try:
-    overrides = {'attention': FLAGS.attention, 'dense_crf.enabled': FLAGS.dense_crf,
-                 'scales': tuple(float(x) for x in FLAGS.scales) if FLAGS.scales else None,
-                 'flip': FLAGS.flip, 'class_threshold': FLAGS.class_threshold,
-                 'tune_threshold': False if FLAGS.class_threshold is not None else None}
-    crf = {}
-    for item in FLAGS.crf or ():
-      key, sep, value = item.partition('=')
-      try:
-        crf[key.strip()] = float(value)
-      except ValueError:
-        sep = ''
-      if not sep:
-        raise train_lib.ConfigError(f'--crf expects key=number items, got {item!r}')
-    train_lib.evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.step,
-                               {k: v for k, v in overrides.items() if v is not None}, crf)
-  except (train_lib.RunError, data.DataError) as e:
+    request = evaluation.EvalRequest(
+        attention=FLAGS.attention, dense_crf=FLAGS.dense_crf,
+        scales=tuple(float(x) for x in FLAGS.scales) if FLAGS.scales else None, flip=FLAGS.flip,
+        class_threshold=FLAGS.class_threshold, crf=evaluation.EvalRequest.parse_crf(FLAGS.crf))
+    evaluation.evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.step, request)
+  except (config_lib.RunError, data.DataError) as e:
     sys.exit(f'error: {e}')
 
 

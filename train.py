@@ -10,7 +10,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from wsss_jax import cli, data, train_lib
+from wsss_jax import cli, config_lib, data, trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/default.py', 'Training config file.', lock_config=True)
@@ -23,11 +23,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   cli.initialize_distributed()
   try:
-    result = train_lib.train_and_evaluate(cli.config_from_flag('config'), FLAGS.workdir)
-  except (train_lib.RunError, data.DataError) as e:
+    result = trainer.train_and_evaluate(cli.config_from_flag('config'), FLAGS.workdir)
+  except (config_lib.RunError, data.DataError) as e:
     sys.exit(f'error: {e}')
   if result.get('preempted'):
-    sys.exit(train_lib.PREEMPTED_EXIT_CODE)
+    sys.exit(trainer.PREEMPTED_EXIT_CODE)
 
 
 if __name__ == '__main__':

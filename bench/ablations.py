@@ -56,55 +56,38 @@ def config_of(name):
   return fully_supervised.get_config() if name == 'fully_supervised' else ablation.get_config(name)
 
 
-# What a finished run must share with the current config to be reused (bookkeeping may differ).
-_SAME_TRAIN = ('mode', 'warmup_steps', 'seg_loss_weight', 'seg_loss_on', 'seg_target',
-               'seg_target_stride', 'optimizer', 'batch_size', 'num_steps', 'learning_rate',
-               'weight_decay', 'lr_decay_every', 'lr_decay_factor', 'warmup_head', 'fcl_lr_scale')
-
-
 def stale_run(workdir, name, seed, overrides):
   """The first config value in which a finished run differs from what this sweep would train
-  (None if it is the same run), so a run trained under an older default is never reused."""
+  (None if it trains the same network: config_lib.training_signature), so a run trained under an
+  older default is never reused."""
   import ast
-  from wsss_jax import train_lib
+  from wsss_jax import config_lib
   cfg = config_of(name)
   with cfg.unlocked():
     cfg.seed = seed
     for o in overrides:
       key, _, value = o.removeprefix('--config.').partition('=')
-      *groups, leaf = key.split('.')
-      node = cfg
-      for g in groups:
-        node = node[g]
       try:
-        node[leaf] = ast.literal_eval(value)
+        config_lib.set_path(cfg, key, ast.literal_eval(value))
       except (ValueError, SyntaxError):
-        node[leaf] = value
-  def pick(c):
-    train = {k: c['train'][k] for k in _SAME_TRAIN}
-    train['warmup_head'] = train_lib.warmup_head(c)  # '' = the model's head
-    model = dict(c['model'])
-    if model['aggregation'] != 'fcl' or c['train']['mode'] == 'fully_supervised':
-      model.pop('fcl_form', None)  # no FCL acts in the run's training or its mIoU
-    return {'seed': c['seed'], 'model': model, 'data': c['data'], 'train': train}
-  now = pick(json.loads(cfg.to_json()))
-  then = pick(json.loads(train_lib.load_config(workdir).to_json()))
-  return train_lib._first_difference(then, now)  # pylint: disable=protected-access
+        config_lib.set_path(cfg, key, value)
+  then = config_lib.training_signature(config_lib.load_config(workdir))
+  return config_lib.first_difference(then, config_lib.training_signature(cfg))
 
 
 def crf_settings(name):
   """The current config's CRF-RNN inference settings for a trained config (None without one)."""
-  from wsss_jax import train_lib
+  from wsss_jax import config_lib
   cfg = config_of(name)
   if not cfg.model.crf.enabled:
     return None
-  return {k: cfg.model.crf[k] for k in train_lib.CRF_INFERENCE_KEYS}
+  return {k.rpartition('.')[2]: config_lib.get_path(cfg, k) for k in config_lib.declared('CRF_INFERENCE')}
 
 
 def no_loss_reaches_crf():
   """Whether B3 / B5 / B6 train the full method's network (see the module docstring)."""
-  cfg = config_of('full')
-  return cfg.model.cls_from == 'cnn' and cfg.train.seg_loss_on == 'cnn'
+  from wsss_jax import config_lib
+  return not config_lib.loss_reaches_crf(config_of('full'))
 
 
 def result(workdir, variant, steps, crf=None):
@@ -123,23 +106,22 @@ def eval_request(workdir, crf, flags=()):
   """(eval.py arguments, eval-file variant) for a finished run evaluated with `flags` and the
   current CRF-RNN inference settings `crf` (--crf when it was trained under other kernels: they
   act only at inference while no loss reaches the CRF-RNN, as in every config here)."""
-  from wsss_jax import train_lib
-  overrides = {}
-  if '--noattention' in flags:
-    overrides['attention'] = False
-  if '--dense_crf' in flags:
-    overrides['dense_crf.enabled'] = True
+  from wsss_jax import evaluation
+  attention = False if '--noattention' in flags else None
+  dense = True if '--dense_crf' in flags else None
+  if dense:
     crf = None  # the CRF-RNN's output is not used
-  extra = []
+  extra, crf_pairs = [], ()
   config_path = os.path.join(workdir, 'config.json')
   if crf is not None and os.path.exists(config_path):
     with open(config_path) as f:
       trained = json.load(f)['model']['crf']
     if any(trained[k] != v for k, v in crf.items()):
       extra = ['--crf=' + ','.join(f'{k}={v:g}' for k, v in crf.items())]
-      overrides.update({f'crf.{k}': v for k, v in crf.items()})
+      crf_pairs = tuple(crf.items())
   args = [sys.executable, 'eval.py', f'--workdir={workdir}', *flags, *extra]
-  return args, train_lib.variant_name(overrides, None), crf
+  request = evaluation.EvalRequest(attention=attention, dense_crf=dense, crf=crf_pairs)
+  return args, request.variant(), crf
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsss_jax import attention, backbone, data, metrics, model, train_lib, visualize
+from wsss_jax import attention, backbone, checkpointing, config_lib, data, losses, metrics, model, trainer, visualize, warmup
 
 
 def timed(fn, repeats=5):
@@ -38,14 +38,14 @@ def main():
   ap.add_argument('--radius', type=int, default=None)
   ap.add_argument('--eps', type=float, default=None)
   args = ap.parse_args()
-  config = train_lib.load_config(args.workdir)
+  config = config_lib.load_config(args.workdir)
   a = config.model.attention
   args.radius = a.radius if args.radius is None else args.radius
   args.eps = a.eps if args.eps is None else args.eps
   settings = dict(radius=args.radius, eps=args.eps, background=a.background, bg_power=a.bg_power,
                   max_classes=a.max_classes or None, qp_iters=a.qp_iters, qp_tol=a.qp_tol)
-  mngr = train_lib.checkpoint_manager(args.workdir, config)
-  state = train_lib.restore_state(mngr, train_lib.create_state(config, jax.random.key_data(jax.random.key(0))))
+  mngr = checkpointing.checkpoint_manager(args.workdir, config)
+  state = checkpointing.restore_state(mngr, trainer.create_state(config, jax.random.key_data(jax.random.key(0))))
   params = state.params
   bcfg = model.backbone_config(config)
   k = config.data.num_classes + 1
@@ -82,8 +82,8 @@ def main():
   batch = next(data.train_batches(data.make_dataset(config.data, 'train'), global_batch=config.train.batch_size,
                                   seed=0))
   images, tags = jnp.asarray(batch['image']), jnp.asarray(batch['tags'])
-  b1 = train_lib.warmup_config(config)  # Delta^C only: the backbone's forward+backward
-  fb = jax.jit(jax.grad(lambda p: train_lib.compute_loss(p, batch, jax.random.key(0), b1)[0]))
+  b1 = warmup.warmup_config(config)  # Delta^C only: the backbone's forward+backward
+  fb = jax.jit(jax.grad(lambda p: losses.training_loss(p, batch, jax.random.key(0), b1)[0]))
   t_fb = timed(lambda: fb(params))
   _, acts = jax.jit(lambda x: backbone.apply(params['backbone'], model.preprocess(x), cfg=bcfg, train=False,
                                               return_activations=True))(images)

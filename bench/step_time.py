@@ -23,7 +23,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import default  # noqa: E402
-from wsss_jax import data, train_lib  # noqa: E402
+from wsss_jax import data, trainer, warmup  # noqa: E402
 
 VARIANTS = {
     'full': lambda c: None,
@@ -36,11 +36,11 @@ VARIANTS = {
 
 def median_step(config, batches, steps):
   """(first call s, median step s) of the pmapped train_step on the given sharded batches. The
-  first call compiles, so it is timed apart (train_lib.replicate lays the state out as the step's
+  first call compiles, so it is timed apart (trainer.replicate lays the state out as the step's
   outputs are, so the second call does not compile again)."""
-  state = train_lib.replicate(train_lib.create_state(config, jax.random.key_data(jax.random.key(0))))
-  rngs = train_lib.step_rngs(jax.random.key_data(jax.random.key(1)), 0)
-  step = jax.pmap(lambda s, b, r: train_lib.train_step(s, b, r, config), axis_name=train_lib.AXIS,
+  state = trainer.replicate(trainer.create_state(config, jax.random.key_data(jax.random.key(0))))
+  rngs = trainer.step_rngs(jax.random.key_data(jax.random.key(1)), 0)
+  step = jax.pmap(lambda s, b, r: trainer.train_step(s, b, r, config), axis_name=trainer.AXIS,
                   donate_argnums=(0,))
   t0 = time.perf_counter()
   state, aux = step(state, batches[0], rngs)
@@ -68,12 +68,12 @@ def main():
   n = config.train.batch_size
   ds = data.make_dataset(config.data, 'train')
   it = data.train_batches(ds, global_batch=n, seed=0)
-  batches = [train_lib.shard(next(it)) for _ in range(3)]
+  batches = [trainer.shard(next(it)) for _ in range(3)]
   dev = jax.devices()[0]
   print(f'card: {jax.local_device_count()} x {dev.device_kind} ({dev.platform}), jax {jax.__version__}, '
         f'{os.cpu_count()} CPU cores, batch {n}, {config.data.image_size} px, backbone width '
         f'{config.model.backbone.width}')
-  first_s, b1 = median_step(train_lib.warmup_config(config), batches, args.steps)
+  first_s, b1 = median_step(warmup.warmup_config(config), batches, args.steps)
   print(f'{"B1 (Delta^C only)":>18}: {b1 * 1e3:6.0f} ms/step  {n / b1:6.1f} img/s  1.00x B1'
         f'  (first call {first_s:.0f} s)', flush=True)
   for name in names:

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from flax import jax_utils  # noqa: E402
 
 from configs import voc12_largefov  # noqa: E402
-from wsss_jax import train_lib  # noqa: E402
+from wsss_jax import trainer, warmup  # noqa: E402
 
 
 def main():
@@ -43,11 +43,11 @@ def main():
   dev = jax.devices()[0]
   print(f'card: {n_dev} x {dev.device_kind} ({dev.platform}), jax {jax.__version__}, per-device batch {b}, '
         f'{size}x{size}, backbone width {args.width}')
-  state = train_lib.replicate(train_lib.create_state(config, jax.random.key_data(jax.random.key(0))))
+  state = trainer.replicate(trainer.create_state(config, jax.random.key_data(jax.random.key(0))))
   rngs = jax.random.key_data(jax.random.split(jax.random.key(1), n_dev))
   results = {}
-  for name, cfg in (('full method', config), ('backbone only (B1)', train_lib.warmup_config(config))):
-    step = jax.pmap(lambda s, x, r, cfg=cfg: train_lib.train_step(s, x, r, cfg), axis_name=train_lib.AXIS)
+  for name, cfg in (('full method', config), ('backbone only (B1)', warmup.warmup_config(config))):
+    step = jax.pmap(lambda s, x, r, cfg=cfg: trainer.train_step(s, x, r, cfg), axis_name=trainer.AXIS)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, rngs).compile()
     t_compile = time.perf_counter() - t0

@@ -4,6 +4,22 @@ DeepLab-LargeFOV sized for a 2-core CPU. The baselines of Tables 1 and 5 are
 configs/ablation.py:<name>."""
 import ml_collections
 
+# Keys that never change what a run computes (its parameters and its metrics at every step):
+# input threads, where the raw VOC files are (only quoted in messages), which run a shared
+# warm-up is read from (bit-identical to training it: tested), and how often to log and save.
+BOOKKEEPING = ('data.num_threads', 'data.manual_dir', 'train.init_from', 'train.checkpoint_every',
+               'train.keep_checkpoints', 'train.log_every', 'train.progress_bar')
+# CRF-RNN settings that shape inference only (no parameter depends on them), so that
+# `eval.py --crf` may change them on a trained model; training depends on them only where a loss
+# reaches the CRF-RNN or its mean field refines Delta^S's target (config_lib.loss_reaches_crf).
+CRF_INFERENCE = ('model.crf.iters', 'model.crf.sigma_z', 'model.crf.sigma_r',
+                 'model.crf.bilateral_weight', 'model.crf.spatial_weight', 'model.crf.spatial_sxy')
+# What does not act in the Delta^C warm-up (the first train.warmup_steps steps train without
+# attention, Delta^S or the CRF-RNN, classifying from the CNN scores; a group stands for its keys).
+NOT_IN_WARMUP = ('model.attention', 'model.cls_from', 'model.crf', 'train.seg_loss_weight',
+                 'train.seg_loss_on', 'train.seg_target', 'train.seg_target_stride',
+                 'train.num_steps')
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -18,8 +34,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.val_size = 500
   config.data.test_size = 500
   config.data.seed = 0
-  config.data.generator = ml_collections.ConfigDict()  # extra SyntheticWSSS knobs
-  config.data.generator.center_bias = 0.0  # 0: object centres uniform; > 0: a centre prior
+  # The synthetic world's generator (wsss_jax/data/synthetic.py: SyntheticWSSS's arguments).
+  config.data.generator = ml_collections.ConfigDict()
+  config.data.generator.max_objects = 3        # objects per image: 1..max_objects
+  config.data.generator.scale_range = (0.35, 0.7)  # body diameter / image side
+  config.data.generator.part_scale = 0.3       # part diameter / body short axis
+  config.data.generator.clutter = 4            # at most this many part-less background blobs
+  config.data.generator.clutter_body_prob = 0.3  # ... each in a body colour with this probability
+  config.data.generator.cooccur_prob = 0.5     # class a co-occurs with a + C/2 with this probability
+  config.data.generator.noise_std = 6.0        # pixel noise
+  config.data.generator.min_visible = 12       # pixels an object needs to count as tagged
+  config.data.generator.center_bias = 0.0      # 0: object centres uniform; > 0: a centre prior
   config.data.num_threads = 1
   # Real data (configs/voc12_largefov.py): TFDS data dir, raw VOCdevkit/SBD dir, training split,
   # augmentation (crop, random scale, flip; crop_size 0 = none) and the eval padding size (0 = none).
@@ -121,7 +146,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.num_images = 8     # rows in the PNG grid
   config.eval.attention = True   # attention in the CRF unary at inference; False: baseline B6
   config.eval.class_threshold = 0.5  # sigmoid score above which a class is predicted present
-  config.eval.tune_threshold = True  # ... chosen on the val split's tags instead (best mean F1)
+  config.eval.tune_threshold = True  # ... chosen on the tags of eval.tune_split instead (best mean F1)
+  config.eval.tune_split = 'val'     # the split whose tags choose the class threshold
   config.eval.scales = (1.0,)    # multi-scale inference: p^S averaged over these scales
   config.eval.flip = False       # ... and their horizontal flips
   config.eval.dense_crf = ml_collections.ConfigDict()  # dense-CRF post-processing (B5)

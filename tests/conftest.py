@@ -23,11 +23,9 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 
-import subprocess  # noqa: E402
-
 import pytest  # noqa: E402
 
-TINY_FLAGS = ['--config=configs/tiny.py', '--config.model.backbone.dropout_rate=0.0']
+import helpers  # noqa: E402  (tests/helpers.py)
 
 
 @pytest.fixture(scope='session')
@@ -36,13 +34,31 @@ def tiny_straight(tmp_path_factory):
   (workdir, stdout). Tests that only read it share it (copy it before changing it): one run and
   one compile instead of one per test."""
   workdir = str(tmp_path_factory.mktemp('straight'))
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
-  res = subprocess.run([sys.executable, 'train.py', *TINY_FLAGS, f'--workdir={workdir}',
-                        '--config.train.num_steps=20', '--config.train.log_every=1',
-                        '--config.train.checkpoint_every=100'],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  res = helpers.run('train.py', *helpers.TINY_FLAGS, f'--workdir={workdir}', '--config.train.num_steps=20',
+                    '--config.train.log_every=1', '--config.train.checkpoint_every=100')
   assert res.returncode == 0, res.stderr[-3000:]
   return workdir, res.stdout
+
+
+@pytest.fixture(scope='module')
+def sbd_tree(tmp_path_factory):
+  """A fake VOC tree with SBD, built: (fake_voc.FakeVOC, data_dir, builder)."""
+  from wsss_jax.data import fake_voc, voc  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp('voc_sbd')
+  fake = fake_voc.make_fake_voc(root / 'raw', n_train=5, n_val=3, n_test=2, n_sbd_extra=4, seed=0)
+  builder = voc.build(root / 'raw', root / 'tfds')
+  return fake, str(root / 'tfds'), builder
+
+
+@pytest.fixture(scope='module')
+def aug_tree(tmp_path_factory):
+  """A fake VOC tree with SegmentationClassAug instead of SBD, built from VOCdevkit itself."""
+  from wsss_jax.data import fake_voc, voc  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp('voc_aug')
+  fake = fake_voc.make_fake_voc(root / 'raw', n_train=3, n_val=2, n_test=0, n_sbd_extra=3, sbd=False,
+                                aug_png=True, aug_location='vocdevkit', seed=1)
+  builder = voc.build(root / 'raw' / 'VOCdevkit', root / 'tfds')  # manual_dir = VOCdevkit itself
+  return fake, str(root / 'tfds'), builder
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (--dist=loadgroup)

@@ -22,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
-from wsss_jax import data, train_lib  # noqa: E402
+from wsss_jax import data, evaluation, losses  # noqa: E402
 
 fault, arg = sys.argv[1].split(':', 1)
 original_save = ocp.CheckpointManager.save
@@ -49,21 +49,21 @@ elif fault == 'enospc':
   ocp.CheckpointManager.save = save
 
 elif fault == 'poison':
-  original_batches, original_loss = data.train_batches, train_lib.compute_loss
+  original_batches, original_loss = data.train_batches, losses.training_loss
 
   def train_batches(*args, start_step=0, **kwargs):
     for done, batch in enumerate(original_batches(*args, start_step=start_step, **kwargs), start_step + 1):
       yield dict(batch, poison=np.full(len(batch['image']), float(done == int(arg)), np.float32))
 
-  def compute_loss(params, batch, rng, config):
-    loss, aux = original_loss(params, batch, rng, config)
+  def training_loss(params, batch, rng, config):
+    loss, (terms, telemetry) = original_loss(params, batch, rng, config)
     nan = jnp.where(jnp.max(batch['poison']) > 0, jnp.nan, 0.0)
-    return loss + nan, dict(aux, loss=aux['loss'] + nan, cls_loss=aux['cls_loss'] + nan)
+    return loss + nan, (dict(terms, cls_loss=terms['cls_loss'] + nan), telemetry)
 
-  data.train_batches, train_lib.compute_loss = train_batches, compute_loss
+  data.train_batches, losses.training_loss = train_batches, training_loss
 
 elif fault == 'capture_params':
-  original_evaluate = train_lib.evaluate
+  original_evaluate = evaluation.evaluate
 
   def evaluate(params, *args, **kwargs):
     flat = {jax.tree_util.keystr(k): np.asarray(v)
@@ -71,7 +71,7 @@ elif fault == 'capture_params':
     np.savez(f'{arg}.{jax.process_index()}.npz', **flat)
     return original_evaluate(params, *args, **kwargs)
 
-  train_lib.evaluate = evaluate
+  evaluation.evaluate = evaluate
 
 else:
   sys.exit(f'unknown fault {fault!r}')

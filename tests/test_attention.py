@@ -6,6 +6,17 @@ import pytest
 
 from wsss_jax import attention, backbone
 
+# The settings these tests are written against: background walked like any class, the printed
+# seed and b of Eqs. (5)-(7), a tight QP. Passed explicitly: attention_maps' defaults are the
+# default config's.
+SETTINGS = dict(eps=0.01, qp_tol=1e-4, qp_iters=300, max_classes=None, background='walk',
+                feedforward_weight=1.0, top_signal='scores')
+
+
+def _maps(*args, **kwargs):
+  return attention.attention_maps(*args, **{**SETTINGS, **kwargs})
+
+
 EPS = 1e-12
 
 
@@ -126,7 +137,7 @@ def _tiny_inputs(size=33, seed=0):
 
 def test_attention_without_neighbours_is_plain_eb():
   cfg, params, acts, img, fcl_w, mask = _tiny_inputs()
-  p_a = attention.attention_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False)
+  p_a = _maps(params, acts, cfg, img, fcl_w, mask, neighbors=False)
   top = attention.class_signal(acts['fc8'], fcl_w, jnp.arange(4))
   eb = np.asarray(attention.excitation_backprop(params, acts, cfg, top)['pool4']).sum(-1)  # (B, K, h, w)
   up = np.asarray(jax.image.resize(jnp.asarray(np.moveaxis(eb, 1, -1)), (2, 33, 33, 4), 'bilinear'))
@@ -138,7 +149,7 @@ def test_attention_without_neighbours_is_plain_eb():
 def test_attention_maps_are_distributions_and_qps_meet_tolerance(lateral):
   cfg, params, acts, img, fcl_w, mask = _tiny_inputs()
   tol = 1e-4
-  p_a, sols = attention.attention_maps(params, acts, cfg, img, fcl_w, mask, lateral=lateral, radius=2,
+  p_a, sols = _maps(params, acts, cfg, img, fcl_w, mask, lateral=lateral, radius=2,
                                        qp_tol=tol, qp_iters=5000, return_layers=True)
   p_a = np.asarray(p_a)
   assert p_a.shape == (2, 33, 33, 4) and np.all(np.isfinite(p_a))
@@ -154,7 +165,7 @@ def test_attention_maps_are_distributions_and_qps_meet_tolerance(lateral):
     res = np.max(np.abs(x - np.maximum(0, x - g)), -1) / np.max(np.abs(qq), -1)
     assert np.all(res <= 1.5 * tol), (name, res.max())
   # The lateral term changes the map (otherwise the QP would be a no-op).
-  eb = np.asarray(attention.attention_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False))
+  eb = np.asarray(_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False))
   assert np.max(np.abs(eb - p_a)) > 1e-3
 
 
@@ -165,7 +176,7 @@ def test_attention_shapes_full_size():
 
   def run(params, img):
     _, acts = backbone.apply(params, img.astype(jnp.float32), cfg=cfg, train=False, return_activations=True)
-    return attention.attention_maps(params, acts, cfg, img, None, jnp.ones((1, 21)), radius=3)
+    return _maps(params, acts, cfg, img, None, jnp.ones((1, 21)), radius=3)
 
   out = jax.eval_shape(run, params, img)
   assert out.shape == (1, 321, 321, 21)
@@ -173,10 +184,11 @@ def test_attention_shapes_full_size():
 
 def test_attention_picture(tmp_path):
   from PIL import Image
+
   from wsss_jax import visualize
   cfg, params, acts, img, fcl_w, mask = _tiny_inputs()
-  eb = np.asarray(attention.attention_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False))[0]
-  full = np.asarray(attention.attention_maps(params, acts, cfg, img, fcl_w, mask, radius=2))[0]
+  eb = np.asarray(_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False))[0]
+  full = np.asarray(_maps(params, acts, cfg, img, fcl_w, mask, radius=2))[0]
   path = str(tmp_path / 'att.png')
   visualize.save_attention_grid(path, np.asarray(img[0]), eb[..., [0, 1, 3]], full[..., [0, 1, 3]], ['bg', 'a', 'c'],
                                 scale=1)
@@ -207,7 +219,7 @@ def test_exclusive_scores_match_numpy():
 
 def test_exclusive_top_signal_seeds_the_walk():
   cfg, params, acts, img, fcl_w, mask = _tiny_inputs()
-  p_a = attention.attention_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False,
+  p_a = _maps(params, acts, cfg, img, fcl_w, mask, neighbors=False,
                                  top_signal='exclusive')
   seed = attention.exclusive_scores(acts['fc8'], mask)
   eb = np.asarray(attention.excitation_backprop(
@@ -215,10 +227,10 @@ def test_exclusive_top_signal_seeds_the_walk():
   up = np.asarray(jax.image.resize(jnp.asarray(np.moveaxis(eb, 1, -1)), (2, 33, 33, 4), 'bilinear'))
   up = np.maximum(up, 0) * np.asarray(mask)[:, None, None, :]
   np.testing.assert_allclose(p_a, up / up.sum(-1, keepdims=True), rtol=1e-5, atol=1e-6)
-  plain = attention.attention_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False)
+  plain = _maps(params, acts, cfg, img, fcl_w, mask, neighbors=False)
   assert np.max(np.abs(np.asarray(plain) - np.asarray(p_a))) > 1e-3
   with pytest.raises(ValueError, match='top_signal'):
-    attention.attention_maps(params, acts, cfg, img, fcl_w, mask, top_signal='max')
+    _maps(params, acts, cfg, img, fcl_w, mask, top_signal='max')
 
 
 def test_feedforward_weight_scales_alpha_in_b():
@@ -227,7 +239,7 @@ def test_feedforward_weight_scales_alpha_in_b():
   cfg, params, acts, img, fcl_w, mask = _tiny_inputs()
   q = {}
   for w in (0.0, 0.5, 1.0):
-    _, sols = attention.attention_maps(params, acts, cfg, img, fcl_w, mask, radius=2,
+    _, sols = _maps(params, acts, cfg, img, fcl_w, mask, radius=2,
                                        return_layers=True, feedforward_weight=w)
     q[w] = np.asarray(sols['drop7'][1], np.float64)  # (B, T, n)
   a = np.maximum(np.asarray(acts['drop7'], np.float64), 0)
@@ -241,7 +253,7 @@ def test_complement_background_matches_numpy(max_classes):
   """background='complement': each foreground EB map scaled to peak 1, background 1 - max fg,
   normalised per pixel; the background is not walked, and 3 slots (2 tags + background) suffice."""
   cfg, params, acts, img, fcl_w, mask = _tiny_inputs()
-  p_a = attention.attention_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False,
+  p_a = _maps(params, acts, cfg, img, fcl_w, mask, neighbors=False,
                                  background='complement', max_classes=max_classes)
   top = attention.class_signal(acts['fc8'], fcl_w, jnp.arange(4))
   eb = np.asarray(attention.excitation_backprop(params, acts, cfg, top)['pool4'], np.float64).sum(-1)
@@ -254,5 +266,5 @@ def test_complement_background_matches_numpy(max_classes):
   ref = np.concatenate([bg, fg], -1)
   np.testing.assert_allclose(p_a, ref / ref.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match='no class to walk'):
-    attention.attention_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False,
+    _maps(params, acts, cfg, img, fcl_w, mask, neighbors=False,
                              background='complement', max_classes=1)

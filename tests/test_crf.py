@@ -1,159 +1,15 @@
-"""Permutohedral filter, dense_crf and the CRF-RNN layer (Sec. 5, Eqs. 10-12).
-
-References: an exact O(N^2) Gaussian filter and mean field written here in float64
-numpy, pydensecrf2 (Kraehenbuehl's C++ code) on real photographs, and finite
-differences.
-"""
+"""dense_crf and the CRF-RNN layer (Sec. 5, Eqs. 10-12) against an exact float64 numpy mean
+field, pydensecrf2 (Kraehenbuehl's C++ code) on real photographs, and finite differences."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from wsss_jax import crf, lattice
+from wsss_jax import crf
 
-from pydensecrf_reference import pydensecrf_marginals
+from crf_references import blob_image, noisy_probs, np_mean_field, pydensecrf_marginals
 
-
-def blob_image(rng, h=24, w=28, noise=8.0):
-  yy, xx = np.mgrid[:h, :w]
-  im = np.full((h, w, 3), 40.0)
-  for _ in range(3):
-    cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(4, 10)
-    im[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
-  im += rng.normal(0, noise, im.shape)
-  return np.clip(im, 0, 255).astype(np.uint8)
-
-
-def np_features(im, sxy, srgb):
-  """Features as pydensecrf defines them: (x, y[, r, g, b]) / widths."""
-  h, w = im.shape[:2]
-  yy, xx = np.mgrid[:h, :w].astype(np.float64)
-  f = [xx / sxy, yy / sxy]
-  if srgb is not None:
-    f += [im[..., c].astype(np.float64) / srgb for c in range(3)]
-  return np.stack(f, -1).reshape(h * w, -1)
-
-
-def np_gauss(f):
-  d2 = ((f[:, None, :] - f[None, :, :]) ** 2).sum(-1)
-  return np.exp(-0.5 * d2)
-
-
-def noisy_probs(labels, k, rng, strength=1.5):
-  logits = rng.normal(size=labels.shape + (k,))
-  np.put_along_axis(logits, labels[..., None], strength + np.take_along_axis(
-    logits, labels[..., None], -1), -1)
-  p = np.exp(logits - logits.max(-1, keepdims=True))
-  return (p / p.sum(-1, keepdims=True)).astype(np.float32)
-
-
-# ---------------------------------------------------------------- the filter
-
-@pytest.mark.parametrize("sxy,srgb", [(3.0, None), (5.0, 13.0), (80.0, 13.0)])
-def test_lattice_filter_matches_exact_gaussian(sxy, srgb):
-  """Bound tested: normalised filtered maps (K v / K 1, values in [0, 1]) within
-  0.15 absolute at every pixel and 2% mean relative error of the exact float64
-  filter. Measured here: worst 0.019 / 0.109 / 0.028 absolute and 0.46% /
-  0.96% / 0.50% mean relative for the three kernels (the lattice is least
-  accurate for isolated points in sparse feature spaces)."""
-  for seed in range(3):
-    rng = np.random.default_rng(seed)
-    im = blob_image(rng)
-    v = rng.uniform(size=(im.shape[0] * im.shape[1], 4)).astype(np.float32)
-    kern = crf.Kernel(sxy, srgb, 1.0)
-    f, bounds = crf.pixel_features(jnp.asarray(im), kern)
-    np.testing.assert_allclose(np.asarray(f), np_features(im, sxy, srgb), rtol=1e-6)
-    lat = jax.jit(lambda f: lattice.build(f, bounds))(f)
-    ours = np.asarray(lattice.filter(lat, v)) / np.asarray(
-      lattice.filter(lat, np.ones((len(v), 1), np.float32)))
-    kmat = np_gauss(np_features(im, sxy, srgb))
-    ref = (kmat @ v) / kmat.sum(1, keepdims=True)
-    assert np.abs(ours - ref).max() < 0.15
-    assert np.abs(ours - ref).mean() / np.abs(ref).mean() < 0.02
-    # the exact filter shipped with the package agrees with this one
-    np.testing.assert_allclose(np.asarray(lattice.exact_filter(f, v)), kmat @ v,
-                 rtol=2e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("sxy", [1.5, 2.0, 3.0, 4.4, 10.0])
-def test_grid_filter_matches_exact_gaussian(sxy):
-  """The spatial-only kernel on the pixel grid. Bound tested: normalised maps
-  within 0.05 absolute and 1% mean relative of the exact float64 filter
-  (measured worst 0.0217 / 0.85% at sxy 2, 0.0206 / 0.53% at sxy 3; the
-  lattice gives 0.019 / 0.46% at sxy 3); sxy < 2 is the exact Gaussian; the
-  mass of the kernel (the filtered ones) within 1% of the exact one away from
-  the border."""
-  for seed in range(3):
-    rng = np.random.default_rng(seed)
-    h, w = 40, 44
-    v = rng.uniform(size=(h, w, 4)).astype(np.float32)
-    kmat = np_gauss(np_features(np.zeros((h, w, 3)), sxy, None))
-    ref, ones_ref = kmat @ v.reshape(-1, 4), kmat.sum(1, keepdims=True)
-    ours = np.asarray(lattice.grid_filter(jnp.asarray(v), sxy)).reshape(-1, 4)
-    ones = np.asarray(lattice.grid_filter(jnp.ones((h, w, 1)), sxy)).reshape(-1, 1)
-    if sxy < 2:
-      np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
-    err = np.abs(ours / ones - ref / ones_ref)
-    assert err.max() < 0.05 and err.mean() / np.abs(ref / ones_ref).mean() < 0.01, (
-      err.max(), err.mean())
-    inner = np.zeros((h, w), bool)
-    m = int(np.ceil(3 * sxy))
-    inner[m:h - m, m:w - m] = True
-    if inner.any():
-      np.testing.assert_allclose(ones[inner.reshape(-1)], ones_ref[inner.reshape(-1)], rtol=0.01)
-  # the kernel's width: second moment of the impulse response, averaged over
-  # the impulse's position between two coarse nodes (the tents make it vary
-  # with that position: -15% .. +7% of the variance at sxy 3), against the
-  # exact discrete Gaussian's (measured: the average within 0.03%)
-  n, c = 96, 48
-  d2 = (np.arange(n) - c) ** 2.0
-  exact = np.exp(-0.5 * d2 / sxy ** 2)
-  exact_var = (exact * d2).sum() / exact.sum()
-  stride = max(1, int(np.floor(sxy)))
-  yy, xx = np.mgrid[:n, :n]
-  moments = []
-  for b in range(stride):
-    v = np.zeros((n, n, 1), np.float32)
-    v[c + b, c + b] = 1.0
-    out = np.asarray(lattice.grid_filter(jnp.asarray(v), sxy))[..., 0].astype(np.float64)
-    moments.append([(out * (yy - c - b) ** 2).sum() / out.sum(),
-                    (out * (xx - c - b) ** 2).sum() / out.sum()])
-  np.testing.assert_allclose(np.mean(moments, 0), exact_var, rtol=0.01)
-  with pytest.raises(ValueError, match="sxy must be positive"):
-    lattice.grid_filter(jnp.ones((4, 4, 1)), 0.0)
-
-
-def test_lattice_multiword_keys_identical(monkeypatch):
-  """Keys wider than one int32 word (fine kernels over large images) take the
-  multi-word path; forcing it on a small problem changes nothing."""
-  rng = np.random.default_rng(1)
-  im = blob_image(rng, 20, 22)
-  v = rng.uniform(size=(440, 3)).astype(np.float32)
-  f, bounds = crf.pixel_features(jnp.asarray(im), crf.Kernel(5.0, 13.0, 1.0))
-  one = np.asarray(lattice.filter(lattice.build(f, bounds), v))
-  monkeypatch.setattr(lattice, "_WORD_LIMIT", 1000)
-  assert len(lattice._key_layout(5, bounds)[0]) > 1
-  many = np.asarray(lattice.filter(lattice.build(f, bounds), v))
-  np.testing.assert_array_equal(one, many)
-
-
-def test_lattice_capacity_and_errors():
-  rng = np.random.default_rng(2)
-  im = blob_image(rng, 16, 16)
-  f, bounds = crf.pixel_features(jnp.asarray(im), crf.Kernel(80.0, 13.0, 1.0))
-  hashed = lattice.hash_points(f, bounds)
-  m = int(hashed.size)
-  assert 0 < m < 16 * 16 * 6
-  v = rng.uniform(size=(256, 2)).astype(np.float32)
-  full = lattice.filter(lattice.connect(hashed, bounds), v)
-  tight = lattice.filter(lattice.connect(hashed, bounds, m), v)
-  np.testing.assert_allclose(np.asarray(tight), np.asarray(full), rtol=1e-5, atol=1e-6)
-  with pytest.raises(ValueError, match="2 bounds for 5"):
-    lattice.build(f, bounds[:2])
-
-
-# ---------------------------------------------------------------- dense_crf
 
 def photo(name, size):
   import skimage.data
@@ -184,24 +40,6 @@ def test_dense_crf_matches_pydensecrf2_on_photos():
     diff = np.abs(ours - ref)
     assert diff.mean() < 5e-4 and np.quantile(diff, 0.999) < 0.03 and diff.max() < 0.1, (
       name, diff.mean(), np.quantile(diff, 0.999), diff.max())
-
-
-def np_mean_field(p, im, iters, kernels, clip=1e-5):
-  """Float64 mean field with exact kernels, pydensecrf semantics."""
-  h, w, k = p.shape
-  u = -np.log(np.clip(p.reshape(-1, k).astype(np.float64), clip, 1.0))
-  mats = []
-  for sxy, srgb, weight in kernels:
-    km = np_gauss(np_features(im, sxy, srgb))
-    s = 1.0 / np.sqrt(km.sum(1))
-    mats.append(weight * s[:, None] * km * s[None, :])
-  q = np.exp(-u - (-u).max(1, keepdims=True))
-  q /= q.sum(1, keepdims=True)
-  for _ in range(iters):
-    logits = -u + sum(m @ q for m in mats)
-    q = np.exp(logits - logits.max(1, keepdims=True))
-    q /= q.sum(1, keepdims=True)
-  return q.reshape(h, w, k), u, mats
 
 
 def potts_energy(labels, u, mats):
@@ -254,9 +92,6 @@ def test_dense_crf_batched_zeros_and_errors():
   np.testing.assert_allclose(jitted, batched, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match=r"probs \(1, 18, 20, 4\), image \(1, 18, 21, 3\)"):
     crf.dense_crf(p[:1], np.zeros((1, 18, 21, 3), np.uint8))
-
-
-# ---------------------------------------------------------------- CRF-RNN layer
 
 KERNELS = (crf.Kernel(3.0, None, 1.0), crf.Kernel(5.0, 20.0, 2.0))
 

@@ -9,37 +9,25 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import jax_utils
 
-import conftest  # tests/conftest.py (pytest puts tests/ on sys.path)
-
 from configs import tiny
-from wsss_jax import data, train_lib
+from wsss_jax import checkpointing, config_lib, data, losses, trainer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = conftest.TINY_FLAGS
+import helpers
 
-
-def _env(devices=1):
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  return env
+TINY = helpers.TINY_FLAGS
 
 
 def _train(workdir, *flags, fault=None, devices=1, timeout=300):
-  cmd = ([sys.executable, 'tests/fault_driver.py', fault] if fault else [sys.executable, 'train.py'])
-  return subprocess.run(cmd + TINY + [f'--workdir={workdir}', *flags], cwd=ROOT, env=_env(devices),
-                        capture_output=True, text=True, timeout=timeout)
+  script = ('tests/fault_driver.py', fault) if fault else ('train.py',)
+  return helpers.run(*script, *TINY, f'--workdir={workdir}', *flags, devices=devices, timeout=timeout)
 
 
 def _steps(workdir):
@@ -48,9 +36,9 @@ def _steps(workdir):
 
 
 def _restore(workdir, step=None):
-  config = train_lib.load_config(workdir)
-  mngr = train_lib.checkpoint_manager(workdir, config)
-  state = train_lib.restore_state(mngr, train_lib.create_state(config, jax.random.key_data(jax.random.key(9))), step)
+  config = config_lib.load_config(workdir)
+  mngr = checkpointing.checkpoint_manager(workdir, config)
+  state = checkpointing.restore_state(mngr, trainer.create_state(config, jax.random.key_data(jax.random.key(9))), step)
   mngr.close()
   return jax.device_get(state)
 
@@ -76,16 +64,14 @@ def test_importing_the_package_initialises_no_backend():
   for script in ('train', 'eval'):  # (each defines its own flags: one per process)
     code = (f'import {script}, wsss_jax.weights, wsss_jax.data.voc; from jax._src import xla_bridge; '
             'assert not xla_bridge.backends_are_initialized(), "a module touched a JAX backend at import"')
-    res = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    res = helpers.run('-c', code, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
 
 
 def test_sigterm_saves_then_resume_equals_uninterrupted_run(straight, tmp_path):
   workdir = str(tmp_path / 'preempted')
-  cmd = [sys.executable, 'train.py'] + TINY + [
-      f'--workdir={workdir}', '--config.train.num_steps=20', '--config.train.log_every=1',
-      '--config.train.checkpoint_every=100']
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = helpers.run('train.py', *TINY, f'--workdir={workdir}', '--config.train.num_steps=20',
+                     '--config.train.log_every=1', '--config.train.checkpoint_every=100', background=True)
   metrics = os.path.join(workdir, 'metrics.jsonl')
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
@@ -94,7 +80,7 @@ def test_sigterm_saves_then_resume_equals_uninterrupted_run(straight, tmp_path):
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=240)
-  assert proc.returncode == train_lib.PREEMPTED_EXIT_CODE, err[-3000:]
+  assert proc.returncode == trainer.PREEMPTED_EXIT_CODE, err[-3000:]
   assert 'Traceback' not in err
   # the warm-up's end (step 2 of the tiny config) is always kept; one more save: the preemption's
   assert _steps(workdir)[0] == 2, _steps(workdir)
@@ -118,7 +104,7 @@ def test_sigint_once_requests_a_stop_twice_interrupts():
   # gc callback (jax registers one) is swallowed as unraisable, and the test would flake.
   gc.disable()
   try:
-    with train_lib.PreemptionGuard() as guard:
+    with trainer.PreemptionGuard() as guard:
       signal.raise_signal(signal.SIGINT)
       assert guard.signal == signal.SIGINT
       with pytest.raises(KeyboardInterrupt):
@@ -148,14 +134,14 @@ def test_sigkill_mid_save_resumes_from_previous_checkpoint(straight, tmp_path):
 def _save_two_steps(workdir):
   config = tiny.get_config()
   os.makedirs(workdir)
-  train_lib.save_config(config, workdir)
-  mngr = train_lib.checkpoint_manager(workdir, config)
+  config_lib.save_config(config, workdir)
+  mngr = checkpointing.checkpoint_manager(workdir, config)
   states = {}
   for step in (2, 4):
-    state = train_lib.create_state(config, jax.random.key_data(jax.random.key(step)))
+    state = trainer.create_state(config, jax.random.key_data(jax.random.key(step)))
     states[step] = state = state.replace(step=step)
-    train_lib.save_state(mngr, state)
-  train_lib.finish_saves(mngr)
+    checkpointing.save_state(mngr, state)
+  checkpointing.finish_saves(mngr)
   mngr.close()
   return config, states
 
@@ -168,10 +154,10 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept_aside(tmp_path):
   for f in files:  # truncate every file of the latest checkpoint to half its size
     with open(f, 'r+b') as fh:
       fh.truncate(os.path.getsize(f) // 2)
-  mngr = train_lib.checkpoint_manager(workdir, config)
-  template = train_lib.create_state(config, jax.random.key_data(jax.random.key(0)))
+  mngr = checkpointing.checkpoint_manager(workdir, config)
+  template = trainer.create_state(config, jax.random.key_data(jax.random.key(0)))
   with pytest.warns(RuntimeWarning, match='checkpoint step 4 .* unreadable'):
-    restored = train_lib.restore_state(mngr, template, quarantine=True)
+    restored = checkpointing.restore_state(mngr, template, quarantine=True)
   assert int(restored.step) == 2
   _assert_same_params(jax.device_get(restored), jax.device_get(states[2]))
   assert mngr.all_steps() == [2]
@@ -180,8 +166,8 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept_aside(tmp_path):
   kept = [f for _, _, fs in os.walk(os.path.join(workdir, 'checkpoints.corrupt')) for f in fs]
   assert sorted(kept) == sorted(os.path.basename(f) for f in files)  # moved aside, not deleted
   # An explicit step is never silently replaced by another one.
-  with pytest.raises(train_lib.ConfigError, match='no checkpoint for step 4'):
-    train_lib.restore_state(mngr, template, step=4)
+  with pytest.raises(config_lib.ConfigError, match='no checkpoint for step 4'):
+    checkpointing.restore_state(mngr, template, step=4)
   mngr.close()
 
 
@@ -189,9 +175,9 @@ def test_checkpoint_of_another_optimizer_is_a_config_error_not_corruption(tmp_pa
   workdir = str(tmp_path / 'w')
   config, _ = _save_two_steps(workdir)
   config.train.optimizer = 'sgd'
-  mngr = train_lib.checkpoint_manager(workdir, config)
-  with pytest.raises(train_lib.ConfigError, match='another optimizer state'):
-    train_lib.restore_state(mngr, train_lib.create_state(config, jax.random.key_data(jax.random.key(0))),
+  mngr = checkpointing.checkpoint_manager(workdir, config)
+  with pytest.raises(config_lib.ConfigError, match='another optimizer state'):
+    checkpointing.restore_state(mngr, trainer.create_state(config, jax.random.key_data(jax.random.key(0))),
                             quarantine=True)
   assert mngr.all_steps() == [2, 4] and not os.path.exists(os.path.join(workdir, 'checkpoints.corrupt'))
   mngr.close()
@@ -228,20 +214,20 @@ def test_train_step_skips_a_nonfinite_update_and_handles_empty_tags(monkeypatch)
   """A poisoned step leaves params and optimizer state as they were; a batch with no
   foreground tag and all-background masks trains normally."""
   config = tiny.get_config()
-  original = train_lib.compute_loss
+  original = losses.training_loss
 
   def loss(params, batch, rng, cfg):
     value, aux = original(params, batch, rng, cfg)
     nan = jnp.where(jnp.max(batch['poison']) > 0, jnp.nan, 0.0)
-    return value + nan, dict(aux, loss=aux['loss'] + nan)
+    return value + nan, aux
 
-  monkeypatch.setattr(train_lib, 'compute_loss', loss)
-  state = train_lib.create_state(config, jax.random.key_data(jax.random.key(0)))
+  monkeypatch.setattr(losses, 'training_loss', loss)
+  state = trainer.create_state(config, jax.random.key_data(jax.random.key(0)))
   ds = data.make_dataset(config.data, 'train')
   batch = next(data.train_batches(ds, global_batch=2, seed=0))
   batch['tags'][:] = 0  # no foreground class in either image
   batch['mask'][:] = 0
-  step = jax.pmap(lambda s, b, r: train_lib.train_step(s, b, r, config), axis_name=train_lib.AXIS,
+  step = jax.pmap(lambda s, b, r: trainer.train_step(s, b, r, config), axis_name=trainer.AXIS,
                   devices=jax.devices()[:1])
   shard = lambda b, p: {k: v[None] for k, v in dict(b, poison=np.full(2, p, np.float32)).items()}
   rng = jax.random.split(jax.random.key(1), 1)
@@ -262,12 +248,12 @@ def test_train_step_skips_a_nonfinite_update_and_handles_empty_tags(monkeypatch)
 
 def test_nan_parameters_are_never_saved(tmp_path):
   config = tiny.get_config()
-  mngr = train_lib.checkpoint_manager(str(tmp_path), config)
-  state = train_lib.create_state(config, jax.random.key_data(jax.random.key(0)))
+  mngr = checkpointing.checkpoint_manager(str(tmp_path), config)
+  state = trainer.create_state(config, jax.random.key_data(jax.random.key(0)))
   state = state.replace(step=3, params=jax.tree.map(lambda x: x * jnp.nan, state.params))
-  with pytest.raises(train_lib.NonFiniteError, match='step 3'):
-    train_lib.save_state(mngr, state)
-  train_lib.finish_saves(mngr)
+  with pytest.raises(config_lib.NonFiniteError, match='step 3'):
+    checkpointing.save_state(mngr, state)
+  checkpointing.finish_saves(mngr)
   assert mngr.all_steps() == []
   mngr.close()
 
@@ -281,8 +267,7 @@ def test_bad_data_and_batch_settings_are_one_line(tmp_path, flags, message):
   workdir = tmp_path / 'w'
   workdir.mkdir()
   (workdir / 'keep.txt').write_text('user file')
-  res = subprocess.run([sys.executable, 'train.py'] + TINY + [f'--workdir={workdir}', *flags], cwd=ROOT,
-                       env=_env(devices=2), capture_output=True, text=True, timeout=300)
+  res = _train(workdir, *flags, devices=2)
   assert res.returncode == 1 and 'Traceback' not in res.stderr, res.stderr[-2000:]
   lines = res.stderr.strip().splitlines()
   assert lines[-1].startswith('error: ') and message in lines[-1], lines[-1]
@@ -292,10 +277,9 @@ def test_bad_data_and_batch_settings_are_one_line(tmp_path, flags, message):
 def test_eval_without_checkpoint_is_one_line_and_writes_nothing(tmp_path):
   workdir = str(tmp_path / 'w')
   os.makedirs(workdir)
-  train_lib.save_config(tiny.get_config(), workdir)
+  config_lib.save_config(tiny.get_config(), workdir)
   before = sorted(os.listdir(workdir))
-  res = subprocess.run([sys.executable, 'eval.py', f'--workdir={workdir}'], cwd=ROOT, env=_env(),
-                       capture_output=True, text=True, timeout=300)
+  res = helpers.run('eval.py', f'--workdir={workdir}')
   assert res.returncode == 1 and 'Traceback' not in res.stderr
   assert res.stderr.strip().splitlines()[-1].startswith('error: no checkpoint in ')
   assert sorted(os.listdir(workdir)) == before
@@ -317,11 +301,9 @@ def test_two_processes_equal_one_process(tmp_path):
            '--config.model.crf.enabled=False']
   multi = str(tmp_path / 'multi')
   port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, 'tests/fault_driver.py', f'capture_params:{tmp_path / "multi_params"}'] + TINY
-      + [f'--workdir={multi}', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-         f'--process_id={i}', *flags], cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [helpers.run('tests/fault_driver.py', f'capture_params:{tmp_path / "multi_params"}', *TINY,
+                       f'--workdir={multi}', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+                       f'--process_id={i}', *flags, background=True) for i in range(2)]
   outs = [p.communicate(timeout=400) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
@@ -334,7 +316,7 @@ def test_two_processes_equal_one_process(tmp_path):
   for k in ref.files:
     np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)  # both processes hold the same model
     np.testing.assert_allclose(p0[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
-  init = train_lib.create_state(tiny.get_config(), jax.random.key_data(jax.random.key(0))).params
+  init = trainer.create_state(tiny.get_config(), jax.random.key_data(jax.random.key(0))).params
   assert any(float(np.max(np.abs(ref[jax.tree_util.keystr(k)] - np.asarray(v)))) > 0
              for k, v in jax.tree_util.tree_flatten_with_path(init)[0])
   assert _steps(multi) == _steps(single) == [2, 3]
@@ -346,19 +328,6 @@ def test_two_processes_equal_one_process(tmp_path):
   assert [l for l in outs[0][0].splitlines() if 'mIoU:' in l] == [l for l in outs[1][0].splitlines() if 'mIoU:' in l]
 
 
-def test_workdir_of_an_older_version_still_loads(tmp_path):
-  """config.json written before the keys of train_lib.ADDED_KEYS existed: eval/resume still work,
-  with the values that reproduce the older behaviour."""
-  config = tiny.get_config()
-  raw = json.loads(config.to_json())
-  del raw['init_weights'], raw['train']['nonfinite'], raw['data']['eval_size'], raw['data']['crop_size']
-  (tmp_path / 'config.json').write_text(json.dumps(raw))
-  loaded = train_lib.load_config(str(tmp_path))
-  train_lib.validate_config(loaded)
-  assert loaded.train.nonfinite == 'skip' and loaded.data.eval_size == 0 and loaded.init_weights == ''
-  assert json.loads(loaded.to_json()) == json.loads(config.to_json())
-
-
 @pytest.mark.parametrize('flag, message', [
     ('--crf=foo=1', 'foo is not a CRF-RNN inference setting'),
     ('--crf=iters', "--crf expects key=number items, got 'iters'"),
@@ -366,8 +335,7 @@ def test_workdir_of_an_older_version_still_loads(tmp_path):
 def test_eval_crf_flag_errors_are_one_line(tmp_path, flag, message):
   workdir = str(tmp_path / 'w')
   os.makedirs(workdir)
-  train_lib.save_config(tiny.get_config(), workdir)
-  res = subprocess.run([sys.executable, 'eval.py', f'--workdir={workdir}', flag], cwd=ROOT, env=_env(),
-                       capture_output=True, text=True, timeout=300)
+  config_lib.save_config(tiny.get_config(), workdir)
+  res = helpers.run('eval.py', f'--workdir={workdir}', flag)
   assert res.returncode == 1 and 'Traceback' not in res.stderr
   assert res.stderr.strip().splitlines()[-1].startswith('error: ') and message in res.stderr

@@ -3,39 +3,30 @@ from an imported weight file, evaluate val (Table 2 layout with the paper's row)
 evaluation server's PNGs and archive for test."""
 import json
 import os
-import subprocess
-import sys
 import tarfile
 
 import jax
 import numpy as np
-import pytest
 from PIL import Image
 
 from configs import voc12_smoke
-from wsss_jax import model, weights
+from wsss_jax import constants, model, weights
 from wsss_jax.data import fake_voc, voc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(*args):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
-  return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=600)
+import helpers
 
 
 def test_voc_smoke_train_eval_and_server_output(tmp_path):
   fake = fake_voc.make_fake_voc(tmp_path / 'raw', n_train=6, n_val=3, n_test=3, n_sbd_extra=3, seed=2)
-  res = _run('-m', 'wsss_jax.data.voc', f'--manual_dir={tmp_path / "raw"}', f'--data_dir={tmp_path / "tfds"}')
+  res = helpers.run('-m', 'wsss_jax.data.voc', f'--manual_dir={tmp_path / "raw"}', f'--data_dir={tmp_path / "tfds"}')
   assert res.returncode == 0, res.stderr[-3000:]
   # A backbone weight file in our .npz format (the same route as converted Caffe weights).
   config = voc12_smoke.get_config()
   init = model.init_params(jax.random.key_data(jax.random.key(7)), config)['backbone']
   weights.save_npz(jax.device_get(init), str(tmp_path / 'init.npz'), 'imagenet',
-                   mean=model.PIXEL_MEAN, std=model.PIXEL_STD)
+                   mean=constants.PIXEL_MEAN, std=constants.PIXEL_STD)
   workdir = tmp_path / 'run'
-  res = _run('train.py', '--config=configs/voc12_smoke.py', f'--workdir={workdir}',
+  res = helpers.run('train.py', '--config=configs/voc12_smoke.py', f'--workdir={workdir}',
              f'--config.data.data_dir={tmp_path / "tfds"}', f'--config.init_weights={tmp_path / "init.npz"}')
   assert res.returncode == 0, res.stderr[-3000:]
   assert 'initialised conv1_1..fc7 from' in res.stdout
@@ -53,7 +44,7 @@ def test_voc_smoke_train_eval_and_server_output(tmp_path):
   # Every labelled val pixel counted once at its original resolution (padding ignored).
   assert np.sum(report['confusion']) == labelled and len(sizes) == 3
 
-  res = _run('eval.py', f'--workdir={workdir}', '--split=test')
+  res = helpers.run('eval.py', f'--workdir={workdir}', '--split=test')
   assert res.returncode == 0, res.stderr[-3000:]
   out = workdir / 'server_test' / 'results' / 'VOC2012' / 'Segmentation' / 'comp5_test_cls'
   assert sorted(os.listdir(out)) == sorted(f'{n}.png' for n in fake.test)

@@ -112,11 +112,11 @@ def excitation_backprop(params: Mapping[str, Any], activations: Mapping[str, jax
 def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Array],
                    cfg: backbone.BackboneConfig, images: jax.Array, fcl_weights: jax.Array | None,
                    class_mask: jax.Array, *, neighbors: bool = True, lateral: str = 'diffusion',
-                   eps: float = 0.01, radius: int = 3, qp_tol: float = 1e-4, qp_iters: int = 300,
+                   eps: float = 1.0, radius: int = 3, qp_tol: float = 1e-3, qp_iters: int = 50,
                    stop_at: str = 'pool4', return_layers: bool = False,
-                   max_classes: int | None = None, background: str = 'walk',
-                   bg_power: float = 1.0, feedforward_weight: float = 1.0,
-                   top_signal: str = 'scores'):
+                   max_classes: int | None = 4, background: str = 'complement',
+                   bg_power: float = 1.0, feedforward_weight: float = 0.0,
+                   top_signal: str = 'exclusive'):
   """p^A of Eq. (4): top-down attention for every class, (B, H, W, K), summing to 1 over classes.
 
   Walks Eqs. (5)-(6) from the FCL down to `stop_at`; with `neighbors`, at every conv and pooling
@@ -132,7 +132,8 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
   background (1 - max_c fg_c)^bg_power before the per-pixel normalisation (docs/DESIGN.md);
   background is then not walked and `max_classes` still counts it (4 = 3 tags + background).
   Returns p^A, and with `return_layers` also the
-  per-layer QP solutions (for KKT checks).
+  per-layer QP solutions (for KKT checks). The defaults are configs/default.py's
+  model.attention values (tests/test_config_lib.py checks that they agree).
   """
   scores = activations['fc8']
   b, gh, gw, k = scores.shape

@@ -227,25 +227,3 @@ def output_size(size: int) -> int:
   for stride in POOL_STRIDES:
     size = (size + 2 - 3) // stride + 1
   return size
-
-
-def check_params(params: Any, expected: Any, source: str) -> None:
-  """Raise one clear ValueError when `params` does not match `expected`'s layout."""
-  shape = lambda a: tuple(a.shape) if hasattr(a, 'shape') else np.shape(a)
-  got, want = jax.tree.map(shape, params), jax.tree.map(shape, expected)
-  if got == want:
-    return
-  if not isinstance(got, dict) or not isinstance(want, dict):
-    raise ValueError(f'{source}: parameter tree does not match the configured model')
-  missing = sorted(set(want) - set(got))
-  extra = sorted(set(got) - set(want))
-  diff = [k for k in sorted(set(want) & set(got)) if got[k] != want[k]]
-  parts = []
-  if missing:
-    parts.append(f'missing {missing[:4]}')
-  if extra:
-    parts.append(f'unexpected {extra[:4]}')
-  if diff:
-    k = diff[0]
-    parts.append(f'{k} has shape {got[k]} but the config needs {want[k]}')
-  raise ValueError(f'{source}: checkpoint architecture differs from the config ({"; ".join(parts)})')

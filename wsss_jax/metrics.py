@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE_LABEL = 255
+from wsss_jax.constants import IGNORE_LABEL
 
 
 def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int,

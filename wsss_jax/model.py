@@ -12,13 +12,9 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from wsss_jax import aggregation, attention, backbone, crf
-
-# ImageNet RGB mean and std on the 0..255 scale.
-PIXEL_MEAN = np.array([123.68, 116.78, 103.94], np.float32)  # numpy: no JAX backend at import
-PIXEL_STD = np.array([58.4, 57.1, 57.4], np.float32)
+from wsss_jax.constants import PIXEL_MEAN, PIXEL_STD
 
 
 def backbone_config(config: Mapping[str, Any]) -> backbone.BackboneConfig:

@@ -39,6 +39,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from wsss_jax import constants
+
 NpParams = dict[str, dict[str, np.ndarray]]
 
 FORMATS = {'.pth': 'torch', '.pt': 'torch', '.safetensors': 'safetensors', '.h5': 'keras',
@@ -79,11 +81,9 @@ def _preset(src: str | Preprocess) -> Preprocess:
 
 
 def _model_stats(mean, std) -> tuple[np.ndarray, np.ndarray]:
-  """Our model's RGB mean/std (0..255), read from `model` at call time unless given."""
-  if mean is None or std is None:
-    from wsss_jax import model  # lazy: the loaders need no jax
-    mean = model.PIXEL_MEAN if mean is None else mean
-    std = model.PIXEL_STD if std is None else std
+  """Our model's RGB mean/std (0..255), `constants.PIXEL_MEAN/STD` unless given."""
+  mean = constants.PIXEL_MEAN if mean is None else mean
+  std = constants.PIXEL_STD if std is None else std
   return np.asarray(mean, np.float64).reshape(3), np.asarray(std, np.float64).reshape(3)
 
 
@@ -92,7 +92,7 @@ def _model_stats(mean, std) -> tuple[np.ndarray, np.ndarray]:
 
 def convert_first_layer(w, b, src: str | Preprocess, mean=None, std=None):
   """conv1_1 (HWIO in the source's channel order, bias) -> the same function of
-  the raw RGB pixels p, fed as (p - mean) / std (default: `model.PIXEL_MEAN/STD`).
+  the raw RGB pixels p, fed as (p - mean) / std (default: `constants.PIXEL_MEAN/STD`).
 
   The source computes sum W (p_src - M) / S + b; substituting p = std x + mean
   gives W' = W std / S (channels reordered to RGB) and
@@ -373,7 +373,7 @@ def save_npz(params: Mapping[str, Any], path: str | os.PathLike, preprocess: str
   ``preprocess`` ('imagenet': RGB, (x - mean) / std; 'caffe': BGR, x - mean).
   ``mean``/``std`` (0..255, in that channel order) are stored too: the
   preset's unless given; e.g. our own backbone: 'imagenet' with
-  model.PIXEL_MEAN/PIXEL_STD, which makes `init_backbone` an identity (up to rounding).
+  constants.PIXEL_MEAN/PIXEL_STD, which makes `init_backbone` an identity (up to rounding).
   fc6/fc7 may be full VGG-16 size or already decimated; fc8 is written but not
   imported by `init_backbone`."""
   pre = _preset(preprocess)

@@ -6,10 +6,10 @@ mask: 255 = ignore), a uniformly placed `crop_size` crop, and a horizontal flip
 with probability 1/2. Evaluation (`pad_to`): pad bottom/right to a fixed bucket
 size without resizing and record the original (h, w) in 'size'.
 
-Images stay uint8 RGB: the model normalises, and the BGR/Caffe-mean convention
-of the VGG weights belongs to the model code. The pad colour is that mean
-(122.675, 116.669, 104.008 in RGB) rounded, so padding is ~0 after mean
-subtraction. Keys other than 'image' and 'mask' pass through unchanged.
+Images stay uint8 RGB: the model standardises them (`constants.PIXEL_MEAN/STD`), and the
+BGR/Caffe-mean convention of the VGG weights belongs to the weight import. The pad colour is
+the mean rounded (`constants.PAD_RGB`), so padding is ~0 after standardisation. Keys other than
+'image' and 'mask' pass through unchanged.
 """
 from __future__ import annotations
 
@@ -17,15 +17,13 @@ import dataclasses
 from typing import Any, Mapping
 
 import numpy as np
+from PIL import Image
+
+from wsss_jax.constants import IGNORE_LABEL, PAD_RGB
 
 
 class DataError(ValueError):
   """Data that cannot be used as configured, reported to the user as one line naming the file."""
-from PIL import Image
-
-MEAN_RGB = (122.675, 116.669, 104.008)
-PAD_RGB = tuple(int(round(v)) for v in MEAN_RGB)  # (123, 117, 104)
-IGNORE_LABEL = 255
 
 
 def _pair(size) -> tuple[int, int]:

@@ -26,7 +26,8 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image
 
-from wsss_jax.data.voc import CLASS_NAMES, IGNORE_LABEL, NUM_CLASSES, PALETTE
+from wsss_jax.constants import IGNORE_LABEL
+from wsss_jax.data.voc_files import CLASS_NAMES, NUM_CLASSES, PALETTE
 
 # Relative (height, width) of successive images: square, wide, tall, and two smaller than a 48 px crop.
 SIZE_FACTORS = ((1.0, 1.0), (0.8, 1.25), (1.3, 0.75), (0.4, 0.5), (1.1, 1.6), (0.7, 0.45), (1.0, 0.8))

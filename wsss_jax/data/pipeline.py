@@ -23,19 +23,15 @@ from wsss_jax.data import augment as augment_lib
 from wsss_jax.data.augment import DataError, TrainAugment
 from wsss_jax.data.synthetic import SyntheticWSSS
 
-IGNORE_LABEL = 255
-
-
-VOC_DEFAULTS = {'train_split': 'train_aug', 'crop_size': 321, 'scale_range': (0.5, 1.5),
-                'flip': True, 'eval_size': (512, 512)}
+from wsss_jax.constants import IGNORE_LABEL
 
 
 def make_dataset(data_cfg: Mapping[str, Any], split: str):
   """The random-access dataset named by `data_cfg.name` for `split`.
 
-  voc2012: split 'train' reads `data_cfg.train_split` (default 'train_aug', the
-  paper's training set); 'train_aug', 'val' and 'test' read that split. An
-  unbuilt dataset is a voc.DatasetError carrying the build command.
+  voc2012: split 'train' reads `data_cfg.train_split` (the paper trains on 'train_aug');
+  'train_aug', 'val' and 'test' read that split. An unbuilt dataset is a voc.DatasetError
+  carrying the build command.
   """
   name = data_cfg['name']
   if name == 'synthetic':
@@ -48,27 +44,39 @@ def make_dataset(data_cfg: Mapping[str, Any], split: str):
   if name == 'voc2012':
     from wsss_jax.data import voc  # pylint: disable=import-outside-toplevel  (imports tfds)
     if split == 'train':
-      split = data_cfg.get('train_split') or VOC_DEFAULTS['train_split']
+      split = _required(data_cfg, 'train_split')
     return voc.load(data_cfg.get('data_dir'), split, manual_dir=data_cfg.get('manual_dir'))
   raise DataError(f'config.data.name must be "synthetic" or "voc2012", got {name!r}')
 
 
+def _required(data_cfg: Mapping[str, Any], key: str):
+  """A data setting the VOC path needs; unset (missing, 0 or '') is a DataError naming the key."""
+  value = data_cfg.get(key)
+  if value in (None, 0, '', ()):
+    raise DataError(f'config.data.{key} is not set: a voc2012 config states it '
+                    '(configs/voc12_largefov.py)')
+  return value
+
+
 def train_augment(data_cfg: Mapping[str, Any]) -> TrainAugment | None:
   """The training augmentation the data config asks for: for voc2012 always (its images vary
-  in size), with VOC_DEFAULTS for unset keys; for synthetic only if it sets `crop_size`."""
+  in size: crop_size, scale_range and flip must be set), for synthetic only if it sets
+  `crop_size`."""
   if data_cfg['name'] != 'voc2012' and not data_cfg.get('crop_size'):
     return None
-  cfg = {k: data_cfg.get(k) if data_cfg.get(k) not in (None, 0, '') else VOC_DEFAULTS[k]
-         for k in ('crop_size', 'scale_range', 'flip')}
-  return TrainAugment.from_config(cfg)
+  if data_cfg['name'] == 'voc2012':
+    _required(data_cfg, 'crop_size'), _required(data_cfg, 'scale_range')
+    if data_cfg.get('flip') is None:
+      raise DataError('config.data.flip is not set: a voc2012 config states it')
+  return TrainAugment.from_config({k: data_cfg.get(k) for k in ('crop_size', 'scale_range', 'flip')})
 
 
 def eval_pad_size(data_cfg: Mapping[str, Any]) -> tuple[int, int] | None:
-  """The fixed (H, W) eval batches are padded to: `eval_size` for voc2012 (default 512x512,
-  VOC images are at most 500x500), None (fixed-size images, no padding) for synthetic."""
+  """The fixed (H, W) eval batches are padded to: `eval_size` (an int or (H, W)); for voc2012 it
+  must be set (its images vary in size), for synthetic 0 means no padding."""
   size = data_cfg.get('eval_size') or None  # 0: no padding
-  if size is None:
-    size = VOC_DEFAULTS['eval_size'] if data_cfg['name'] == 'voc2012' else None
+  if size is None and data_cfg['name'] == 'voc2012':
+    _required(data_cfg, 'eval_size')
   if size is None:
     return None
   return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
