@@ -15,11 +15,12 @@ from wsss_jax import cli, config_lib, data, evaluation
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', 'runs/default', 'A workdir written by train.py.')
-flags.DEFINE_string('split', None, 'Split to evaluate (default: the config\'s eval.split).')
+flags.DEFINE_string('split', None, "Split to evaluate (default: the config's eval.split).")
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 flags.DEFINE_bool('attention', None, 'Attention in the CRF unary at inference (default: config).')
 flags.DEFINE_bool('dense_crf', None, 'Dense-CRF post-processing (default: config).')
-flags.DEFINE_list('scales', None, 'Scales whose p^S is averaged, e.g. 0.75,1,1.25 (default: config).')
+flags.DEFINE_list('scales', None,
+                  'Scales whose p^S is averaged, e.g. 0.75,1,1.25 (default: config).')
 flags.DEFINE_bool('flip', None, 'Also average horizontal flips (default: config).')
 flags.DEFINE_float('class_threshold', None, 'Sigmoid score above which a class is predicted.')
 flags.DEFINE_list('crf', None, 'CRF-RNN inference settings, e.g. iters=10,sigma_z=28.3 (keys: '

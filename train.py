@@ -13,7 +13,8 @@ from ml_collections import config_flags
 from wsss_jax import cli, config_lib, data, trainer
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', 'configs/default.py', 'Training config file.', lock_config=True)
+config_flags.DEFINE_config_file('config', 'configs/default.py', 'Training config file.',
+                                lock_config=True)
 flags.DEFINE_string('workdir', 'runs/default', 'Directory for checkpoints, metrics and results.')
 
 

@@ -61,6 +61,7 @@ def stale_run(workdir, name, seed, overrides):
   (None if it trains the same network: config_lib.training_signature), so a run trained under an
   older default is never reused."""
   import ast
+
   from wsss_jax import config_lib
   cfg = config_of(name)
   with cfg.unlocked():
@@ -81,7 +82,8 @@ def crf_settings(name):
   cfg = config_of(name)
   if not cfg.model.crf.enabled:
     return None
-  return {k.rpartition('.')[2]: config_lib.get_path(cfg, k) for k in config_lib.declared('CRF_INFERENCE')}
+  return {k.rpartition('.')[2]: config_lib.get_path(cfg, k)
+          for k in config_lib.declared('CRF_INFERENCE')}
 
 
 def no_loss_reaches_crf():
@@ -165,7 +167,8 @@ def plan(args, steps):
              f'--config.seed={seed}', '--config.train.progress_bar=False', *args.overrides]
       deps = []
       if args.warmups_from and (name in FORKS or name == 'no_att'):
-        cmd.append(f'--config.train.init_from={os.path.join(args.warmups_from, "no_att", f"seed{seed}")}')
+        cmd.append('--config.train.init_from='
+                   f'{os.path.join(args.warmups_from, "no_att", f"seed{seed}")}')
       elif name in FORKS and 'no_att' in trained:
         cmd.append(f'--config.train.init_from={os.path.join(args.root, "no_att", f"seed{seed}")}')
         deps = [f'no_att/seed{seed}']
@@ -232,8 +235,8 @@ def main():
   parser.add_argument('--dry_run', action='store_true', help='list the tasks and stop')
   parser.add_argument('--warmups_from', default='',
                       help="an earlier sweep's root: B1 and its forks start from the warm-up of "
-                           'its no_att/seedS runs (train.py checks that it is the same computation), '
-                           'to rerun only what acts after the warm-up')
+                           'its no_att/seedS runs (train.py checks that it is the same '
+                           'computation), to rerun only what acts after the warm-up')
   parser.add_argument('overrides', nargs='*', help='extra --config.* overrides for every run')
   args = parser.parse_args()
   steps = None
@@ -253,10 +256,12 @@ def main():
   run_all(tasks, args.jobs, env)
   if tasks:  # every invocation that ran something is recorded; the table lists them all
     with open(os.path.join(args.root, 'sweeps.jsonl'), 'a') as f:
-      f.write(json.dumps({'date': time.strftime('%Y-%m-%d %H:%M'), 'wall_s': round(time.time() - t0, 1),
+      f.write(json.dumps({'date': time.strftime('%Y-%m-%d %H:%M'),
+                          'wall_s': round(time.time() - t0, 1),
                           'jobs': args.jobs, 'cores': len(os.sched_getaffinity(0)),
                           'seeds': args.seeds, 'steps': steps,
-                          'tasks': {t.key: [t.kind, round(t.seconds, 1)] for t in tasks.values()}}) + '\n')
+                          'tasks': {t.key: [t.kind, round(t.seconds, 1)]
+                                    for t in tasks.values()}}) + '\n')
   miou = {name: [result(w, v, steps, c) for w, v, c in rs] for name, rs in rows.items()}
   for name, values in miou.items():
     print(f'{name}: ' + ', '.join('-' if v is None else f'{100 * v:.1f}' for v in values))
@@ -278,7 +283,8 @@ def write_table(args, miou, steps):
            f'Produced by `python bench/ablations.py --seeds {args.seeds} --jobs {args.jobs}'
            f'{"".join(" " + o for o in args.overrides)}`'
            + f' ({steps} steps per run, val split, mIoU in %, mean +- std over seeds).', '',
-           '## Table 1: baselines', '', '| method | val mIoU | / fully supervised |', '|---|---|---|']
+           '## Table 1: baselines', '', '| method | val mIoU | / fully supervised |',
+           '|---|---|---|']
   for name, label in TABLE1:
     text, mean = _fmt(miou.get(name, []))
     ratio = f'{mean / full_sup:.2f}' if mean is not None and full_sup else '-'
@@ -289,10 +295,10 @@ def write_table(args, miou, steps):
   for name, label in TABLE5:
     lines.append(f'| {label} | {_fmt(miou.get(name, []))[0]} |')
   if no_loss_reaches_crf():
-    lines += ['', 'B3, B5, B5\' and B6 are the full run\'s checkpoints evaluated without the '
+    lines += ['', "B3, B5, B5' and B6 are the full run's checkpoints evaluated without the "
               'attention unary (B3 = B6), with dense-CRF post-processing of p^S (B5) and with that '
-              'of p^S p^A (B5\') instead of the CRF-RNN: no loss reaches the CRF-RNN, so their '
-              'training is the full method\'s (bench/ablations.py).']
+              "of p^S p^A (B5') instead of the CRF-RNN: no loss reaches the CRF-RNN, so their "
+              "training is the full method's (bench/ablations.py)."]
   log = os.path.join(args.root, 'sweeps.jsonl')
   lines += ['', '## Run time', '', 'Every invocation of the script that ran tasks (from '
             f'{os.path.relpath(log, ROOT)}):', '']
@@ -300,8 +306,8 @@ def write_table(args, miou, steps):
   for sw in sweeps:
     kinds = [k for k, _ in sw['tasks'].values()]
     lines.append(f'- {sw["date"]}: {len(kinds)} tasks ({kinds.count("train")} trainings, '
-                 f'{sw["seeds"]} seed(s), {sw["steps"]} steps) in **{sw["wall_s"] / 60:.1f} min** wall '
-                 f'on {sw["jobs"]} worker(s), {sw["cores"]} CPU cores; sum of task times '
+                 f'{sw["seeds"]} seed(s), {sw["steps"]} steps) in **{sw["wall_s"] / 60:.1f} min** '
+                 f'wall on {sw["jobs"]} worker(s), {sw["cores"]} CPU cores; sum of task times '
                  f'{sum(s for _, s in sw["tasks"].values()) / 60:.1f} min. Per task (s): '
                  + ', '.join(f'{k} {s:.0f}' for k, (_, s) in sw['tasks'].items()))
   os.makedirs(os.path.dirname(args.out), exist_ok=True)

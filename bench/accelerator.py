@@ -13,7 +13,7 @@ writes each one's whole output to DIR/<name>.log and ends with the card and the 
 every log, so the tail of the output is the result. A benchmark whose reference library is missing
 (pydensecrf2, osqp) still runs its own part and says so; one that fails or runs out of time is
 reported as such and the next one starts.
-"""
+"""  # noqa: E501
 from __future__ import annotations
 
 import argparse
@@ -33,7 +33,8 @@ BENCHES = {
     'voc_step': (['bench/voc_step.py', '--per_device_batch=20', '--steps=5'], 180,
                  r'compile|ratio|projected'),
     'crf': (['bench/crf.py', '--repeats=10'], 120,
-            r'^(astronaut|chelsea|coffee|rocket) |median ratio|^ *(161|321|641) |^batch|pydensecrf2 missing'),
+            r'^(astronaut|chelsea|coffee|rocket) |median ratio|^ *(161|321|641) '
+            r'|^batch|pydensecrf2 missing'),
     'train': (['train.py', '--config.train.progress_bar=False'], 180, r'mIoU'),
     'qp': (['bench/qp.py', '--x64', '--repeats=3'], 150, r'ours fista|osqp|ratio|cells'),
 }
@@ -50,7 +51,7 @@ for mod in ('jax', 'jaxlib', 'flax', 'optax', 'orbax.checkpoint', 'numpy'):
 dev = jax.devices()[0]
 print(f'card: {jax.local_device_count()} x {dev.device_kind} ({dev.platform}), '
       f'{os.cpu_count()} host CPU cores, Python {platform.python_version()}; ' + ', '.join(versions))
-"""
+"""  # noqa: E501
 
 
 def card(env) -> str:
@@ -58,7 +59,8 @@ def card(env) -> str:
   device (JAX would keep most of a GPU's memory preallocated while the benchmarks run)."""
   res = subprocess.run([sys.executable, '-c', _CARD], env=env, capture_output=True, text=True)
   lines = res.stdout.strip().splitlines()
-  return lines[-1] if res.returncode == 0 and lines else f'card: unknown ({res.stderr.strip()[-300:]})'
+  return (lines[-1] if res.returncode == 0 and lines
+          else f'card: unknown ({res.stderr.strip()[-300:]})')
 
 
 def main():
@@ -75,7 +77,8 @@ def main():
     raise SystemExit(f'error: unknown benchmark(s) {unknown}; choose from {list(BENCHES)}')
   out = args.out or tempfile.mkdtemp(prefix='wsss_bench_')
   os.makedirs(out, exist_ok=True)
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])),
+  env = dict(os.environ,
+             PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])),
              PYTHONUNBUFFERED='1')
   head = card(env)
   print(head, flush=True)

@@ -18,7 +18,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsss_jax import attention, backbone, checkpointing, config_lib, data, losses, metrics, model, trainer, visualize, warmup
+from wsss_jax import (
+  attention,
+  backbone,
+  checkpointing,
+  config_lib,
+  data,
+  losses,
+  metrics,
+  model,
+  trainer,
+  visualize,
+  warmup,
+)
 
 
 def timed(fn, repeats=5):
@@ -45,7 +57,8 @@ def main():
   settings = dict(radius=args.radius, eps=args.eps, background=a.background, bg_power=a.bg_power,
                   max_classes=a.max_classes or None, qp_iters=a.qp_iters, qp_tol=a.qp_tol)
   mngr = checkpointing.checkpoint_manager(args.workdir, config)
-  state = checkpointing.restore_state(mngr, trainer.create_state(config, jax.random.key_data(jax.random.key(0))))
+  state = checkpointing.restore_state(
+      mngr, trainer.create_state(config, jax.random.key_data(jax.random.key(0))))
   params = state.params
   bcfg = model.backbone_config(config)
   k = config.data.num_classes + 1
@@ -53,7 +66,8 @@ def main():
   def p_attention(images, tags, **kw):
     x = model.preprocess(images)
     _, acts = backbone.apply(params['backbone'], x, cfg=bcfg, train=False, return_activations=True)
-    return attention.attention_maps(params['backbone'], acts, bcfg, images, params.get('fcl', {}).get('w'),
+    return attention.attention_maps(params['backbone'], acts, bcfg, images,
+                                    params.get('fcl', {}).get('w'),
                                     model.tags_with_background(tags), **{**settings, **kw})
 
   variants = {'EB only (B4)': dict(neighbors=False),
@@ -77,21 +91,22 @@ def main():
   full = np.asarray(jax.jit(lambda a, b: p_attention(a, b))(im, tg))[0][..., present]
   out = f'{args.workdir}/attention_val0.png'
   visualize.save_attention_grid(out, ex['image'], eb, full, [ds.class_names[c] for c in present])
-  print(f'  wrote {out} (rows: {", ".join(ds.class_names[c] for c in present)}; columns: image | EB | full)')
+  print(f'  wrote {out} (rows: {", ".join(ds.class_names[c] for c in present)}; '
+        'columns: image | EB | full)')
 
-  batch = next(data.train_batches(data.make_dataset(config.data, 'train'), global_batch=config.train.batch_size,
-                                  seed=0))
+  batch = next(data.train_batches(data.make_dataset(config.data, 'train'),
+                                  global_batch=config.train.batch_size, seed=0))
   images, tags = jnp.asarray(batch['image']), jnp.asarray(batch['tags'])
   b1 = warmup.warmup_config(config)  # Delta^C only: the backbone's forward+backward
   fb = jax.jit(jax.grad(lambda p: losses.training_loss(p, batch, jax.random.key(0), b1)[0]))
   t_fb = timed(lambda: fb(params))
-  _, acts = jax.jit(lambda x: backbone.apply(params['backbone'], model.preprocess(x), cfg=bcfg, train=False,
-                                              return_activations=True))(images)
+  _, acts = jax.jit(lambda x: backbone.apply(params['backbone'], model.preprocess(x), cfg=bcfg,
+                                             train=False, return_activations=True))(images)
   for name, kw in variants.items():
     # the activations come from the training step's own forward pass: time the top-down part only
     att = jax.jit(lambda im, tg, ac, kw=kw: attention.attention_maps(
-        params['backbone'], ac, bcfg, im, params.get('fcl', {}).get('w'), model.tags_with_background(tg),
-        **{**settings, **kw}))
+        params['backbone'], ac, bcfg, im, params.get('fcl', {}).get('w'),
+        model.tags_with_background(tg), **{**settings, **kw}))
     t_att = timed(lambda: att(images, tags, acts))
     print(f'  attention ({name}) {t_att * 1e3:.0f} ms vs backbone fwd+bwd {t_fb * 1e3:.0f} ms '
           f'on a batch of {images.shape[0]}: ratio {t_att / t_fb:.2f}')

@@ -46,10 +46,11 @@ def main():
   ap.add_argument('--width', type=float, default=0.25)
   args = ap.parse_args()
   dev = jax.devices()[0]
-  print(f'card: {jax.local_device_count()} x {dev.device_kind} ({dev.platform}), jax {jax.__version__}, '
-        f'{os.cpu_count()} CPU cores, batch {args.batch}, width {args.width}')
-  cfg = backbone.BackboneConfig(num_classes=7, width=args.width, depth=(1, 1, 2, 2, 2), fc_features=1024,
-                                fc6_dilation=2)
+  print(f'card: {jax.local_device_count()} x {dev.device_kind} ({dev.platform}), '
+        f'jax {jax.__version__}, {os.cpu_count()} CPU cores, batch {args.batch}, '
+        f'width {args.width}')
+  cfg = backbone.BackboneConfig(num_classes=7, width=args.width, depth=(1, 1, 2, 2, 2),
+                                fc_features=1024, fc6_dilation=2)
   params = backbone.init_params(jax.random.key(0), cfg)
   x = jax.random.uniform(jax.random.key(1), (args.batch, 64, 64, 3))
   _, acts = backbone.apply(params, x, cfg=cfg, train=False, return_activations=True)
@@ -61,7 +62,8 @@ def main():
     for pool in (xla_max_pool, backbone.max_pool):
       f = lambda z, pool=pool: jnp.sum(pool(z, layer.kernel, layer.stride) ** 2)
       row += [median_ms(jax.jit(f), a), median_ms(jax.jit(jax.grad(f)), a)]
-    print(f'{layer.name} {tuple(a.shape)} stride {layer.stride}: forward {row[0]:.1f} -> {row[2]:.1f} ms, '
+    print(f'{layer.name} {tuple(a.shape)} stride {layer.stride}: '
+          f'forward {row[0]:.1f} -> {row[2]:.1f} ms, '
           f'forward+backward {row[1]:.1f} -> {row[3]:.1f} ms ({row[1] / row[3]:.1f}x)', flush=True)
   whole = []
   for pool in (xla_max_pool, backbone.max_pool):

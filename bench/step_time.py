@@ -27,7 +27,8 @@ from wsss_jax import data, trainer, warmup  # noqa: E402
 
 VARIANTS = {
     'full': lambda c: None,
-    'paper_attention': lambda c: c.model.attention.update(top_signal='scores', feedforward_weight=1.0),
+    'paper_attention': lambda c: c.model.attention.update(top_signal='scores',
+                                                          feedforward_weight=1.0),
     'seg_target_crf': lambda c: c.train.update(seg_target='crf'),
     'seg_target_crf_s4': lambda c: c.train.update(seg_target='crf', seg_target_stride=4),
     'seg_loss_on_crf': lambda c: c.train.update(seg_loss_on='crf'),
@@ -70,9 +71,9 @@ def main():
   it = data.train_batches(ds, global_batch=n, seed=0)
   batches = [trainer.shard(next(it)) for _ in range(3)]
   dev = jax.devices()[0]
-  print(f'card: {jax.local_device_count()} x {dev.device_kind} ({dev.platform}), jax {jax.__version__}, '
-        f'{os.cpu_count()} CPU cores, batch {n}, {config.data.image_size} px, backbone width '
-        f'{config.model.backbone.width}')
+  print(f'card: {jax.local_device_count()} x {dev.device_kind} ({dev.platform}), '
+        f'jax {jax.__version__}, {os.cpu_count()} CPU cores, batch {n}, '
+        f'{config.data.image_size} px, backbone width {config.model.backbone.width}')
   first_s, b1 = median_step(warmup.warmup_config(config), batches, args.steps)
   print(f'{"B1 (Delta^C only)":>18}: {b1 * 1e3:6.0f} ms/step  {n / b1:6.1f} img/s  1.00x B1'
         f'  (first call {first_s:.0f} s)', flush=True)

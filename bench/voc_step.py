@@ -16,7 +16,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from flax import jax_utils  # noqa: E402
 
 from configs import voc12_largefov  # noqa: E402
 from wsss_jax import trainer, warmup  # noqa: E402
@@ -41,13 +40,14 @@ def main():
   batch = {'image': rng.integers(0, 256, (n_dev, b, size, size, 3), dtype=np.uint8), 'tags': tags,
            'mask': np.zeros((n_dev, b, size, size), np.int32)}
   dev = jax.devices()[0]
-  print(f'card: {n_dev} x {dev.device_kind} ({dev.platform}), jax {jax.__version__}, per-device batch {b}, '
-        f'{size}x{size}, backbone width {args.width}')
+  print(f'card: {n_dev} x {dev.device_kind} ({dev.platform}), jax {jax.__version__}, '
+        f'per-device batch {b}, {size}x{size}, backbone width {args.width}')
   state = trainer.replicate(trainer.create_state(config, jax.random.key_data(jax.random.key(0))))
   rngs = jax.random.key_data(jax.random.split(jax.random.key(1), n_dev))
   results = {}
   for name, cfg in (('full method', config), ('backbone only (B1)', warmup.warmup_config(config))):
-    step = jax.pmap(lambda s, x, r, cfg=cfg: trainer.train_step(s, x, r, cfg), axis_name=trainer.AXIS)
+    step = jax.pmap(lambda s, x, r, cfg=cfg: trainer.train_step(s, x, r, cfg),
+                    axis_name=trainer.AXIS)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, rngs).compile()
     t_compile = time.perf_counter() - t0
@@ -62,15 +62,18 @@ def main():
     t = float(np.median(times))
     results[name] = t
     gib = lambda x: (x or 0) / 2**30
-    mem_line = ('n/a' if mem is None else
-                f'{gib(mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes):.2f} GiB '
-                f'(temp {gib(mem.temp_size_in_bytes):.2f}, args {gib(mem.argument_size_in_bytes):.2f})')
+    mem_line = (
+        'n/a' if mem is None else
+        f'{gib(mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes):.2f}'
+        f' GiB (temp {gib(mem.temp_size_in_bytes):.2f}, '
+        f'args {gib(mem.argument_size_in_bytes):.2f})')
     print(f'{name:>20}: compile {t_compile:.0f} s, step {t:.2f} s ({n_dev * b / t:.2f} img/s), '
           f'XLA memory per device {mem_line}')
   t = results['full method']
   steps_per_paper = config.train.num_steps * config.train.batch_size / (n_dev * b)
   print(f'ratio full / backbone-only step: {t / results["backbone only (B1)"]:.2f}x')
-  print(f'projected paper run (10000 steps x 20 images) on this card: {steps_per_paper * t / 3600:.1f} h')
+  print('projected paper run (10000 steps x 20 images) on this card: '
+        f'{steps_per_paper * t / 3600:.1f} h')
 
 
 if __name__ == '__main__':

@@ -24,7 +24,8 @@ NOT_IN_WARMUP = ('model.attention', 'model.cls_from', 'model.crf', 'train.seg_lo
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.init_weights = ''  # ImageNet VGG-16 file for conv1_1..fc7 (wsss_jax/weights.py); '' = random
+  config.init_weights = ''  # ImageNet VGG-16 file for conv1_1..fc7 (wsss_jax/weights.py);
+                            # '' = random
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'synthetic'
@@ -41,13 +42,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.generator.part_scale = 0.3       # part diameter / body short axis
   config.data.generator.clutter = 4            # at most this many part-less background blobs
   config.data.generator.clutter_body_prob = 0.3  # ... each in a body colour with this probability
-  config.data.generator.cooccur_prob = 0.5     # class a co-occurs with a + C/2 with this probability
+  config.data.generator.cooccur_prob = 0.5     # class a co-occurs with a + C/2
+                                               # with this probability
   config.data.generator.noise_std = 6.0        # pixel noise
   config.data.generator.min_visible = 12       # pixels an object needs to count as tagged
   config.data.generator.center_bias = 0.0      # 0: object centres uniform; > 0: a centre prior
   config.data.num_threads = 1
   # Real data (configs/voc12_largefov.py): TFDS data dir, raw VOCdevkit/SBD dir, training split,
-  # augmentation (crop, random scale, flip; crop_size 0 = none) and the eval padding size (0 = none).
+  # augmentation (crop, random scale, flip; crop_size 0 = none) and the eval padding size
+  # (0 = none).
   config.data.data_dir = ''
   config.data.manual_dir = ''
   config.data.train_split = 'train'
@@ -69,7 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.fcl_form = 'lse'
   config.model.lse_r = 5.0
   config.model.aggregate_input = 'scores'    # scores (f, Sec. 3) | log_softmax (log p^S)
-  config.model.cls_from = 'cnn'              # Delta^C on the FCL of: cnn scores | crf (CRF-RNN logits)
+  config.model.cls_from = 'cnn'              # Delta^C on the FCL of: cnn scores |
+                                             # crf (CRF-RNN logits)
 
   # Top-down attention p^A (Sec. 4, Eqs. 2-9).
   config.model.attention = ml_collections.ConfigDict()
@@ -77,19 +81,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.attention.neighbors = True    # False: baseline B4 (w/o neighbour, plain EB)
   config.model.attention.lateral = 'diffusion'  # diffusion | paper_eq9 (docs/DESIGN.md)
   config.model.attention.radius = 3
-  config.model.attention.eps = 1.0           # diffusion strength: Q = (1 + eps) I - A (docs/DESIGN.md)
+  config.model.attention.eps = 1.0           # diffusion strength: Q = (1 + eps) I - A
+                                             # (docs/DESIGN.md)
   config.model.attention.qp_tol = 1e-3
   config.model.attention.qp_iters = 50
   config.model.attention.stop_at = 'pool4'
-  config.model.attention.gradient = 'stop'   # stop (p^A is a target) | through (QP's implicit grads)
-  config.model.attention.max_classes = 4     # classes walked per image (<= 3 tags + background); 0: all
-  config.model.attention.background = 'complement'  # p^A(bg) = (1 - max fg)^bg_power | walk (own EB)
+  config.model.attention.gradient = 'stop'   # stop (p^A is a target) |
+                                             # through (QP's implicit grads)
+  config.model.attention.max_classes = 4     # classes walked per image (<= 3 tags + background);
+                                             # 0: all
+  config.model.attention.background = 'complement'  # p^A(bg) = (1 - max fg)^bg_power |
+                                                    # walk (own EB)
   config.model.attention.bg_power = 1.0
   # b = gamma + w alpha (Eq. 7's alpha is the same for every class; 1 as printed, 0 measured +4.7
   # val mIoU with the exclusive seed over 3 seeds: docs/DESIGN.md)
   config.model.attention.feedforward_weight = 0.0
   config.model.attention.top_signal = 'exclusive'  # seed of the walk: scores (relu f, Eq. 6) |
-                                                   # exclusive (each cell seeds the class winning it)
+                                                   # exclusive (each cell seeds the class
+                                                   # winning it)
 
   # CRF-RNN (Sec. 5, Eqs. 10-12).
   config.model.crf = ml_collections.ConfigDict()
@@ -101,7 +110,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.crf.sigma_z = 28.3            # Eq. (8), pixels
   config.model.crf.sigma_r = 18.4            # Eq. (8), on RGB 0..255
   config.model.crf.bilateral_weight = 10.0
-  config.model.crf.spatial_weight = 0.0      # an extra spatial-only kernel (CRF-RNN has one; the paper not)
+  config.model.crf.spatial_weight = 0.0      # an extra spatial-only kernel
+                                             # (CRF-RNN has one; the paper not)
   config.model.crf.spatial_sxy = 3.0
   # lattice rows per image (0: worst case N(d+1) = 24576 at 64 px). Synthetic 64 px images need
   # <= 3169 with these kernels (64 val images); lattice_fill = rows needed / cap (> 1 drops mass).
@@ -109,7 +119,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.mode = 'weak'                 # weak (Delta^C + lambda Delta^S) | fully_supervised
-  config.train.warmup_steps = 1300           # Delta^C-only steps first (stands in for ImageNet init)
+  config.train.warmup_steps = 1300           # Delta^C-only steps first
+                                             # (stands in for ImageNet init)
   # A workdir whose checkpoint at step warmup_steps starts this run, when both runs' warm-ups
   # are the same computation (checked): ablations share one warm-up (bench/ablations.py).
   config.train.init_from = ''
@@ -117,14 +128,18 @@ def get_config() -> ml_collections.ConfigDict:
   # pre-training is one classifier for every row of Tables 1 and 5; the FCL then starts the
   # main phase at its init (docs/DESIGN.md, "Warm-up length and head").
   config.train.warmup_head = 'lse'
-  config.train.fcl_lr_scale = 1.0           # the FCL's lr multiplier (Caffe lr_mult; docs/DESIGN.md)
+  config.train.fcl_lr_scale = 1.0           # the FCL's lr multiplier
+                                            # (Caffe lr_mult; docs/DESIGN.md)
   config.train.seg_loss_weight = 1.5         # lambda of Eq. (13); 0: baseline B2 (w/o seg loss)
-  config.train.seg_loss_on = 'cnn'           # Delta^S on p^S (Eq. 15) | crf (CRF-RNN output, Sec. 1)
+  config.train.seg_loss_on = 'cnn'           # Delta^S on p^S (Eq. 15) |
+                                             # crf (CRF-RNN output, Sec. 1)
   config.train.seg_target = 'attention'      # Delta^S's target: p^A (Eq. 15) | crf (p^A after the
                                              # CRF-RNN's mean field, fixed; not in the paper, +4.9
                                              # val mIoU, 2.9x the B1 step: docs/DESIGN.md)
-  config.train.seg_target_stride = 1         # seg_target = crf: its mean field on stride x stride blocks
-  config.train.optimizer = 'adam'            # adam (CPU default, see docs/DESIGN.md) | sgd (paper, Sec. 7)
+  config.train.seg_target_stride = 1         # seg_target = crf: its mean field on
+                                             # stride x stride blocks
+  config.train.optimizer = 'adam'            # adam (CPU default, see docs/DESIGN.md) |
+                                             # sgd (paper, Sec. 7)
   config.train.batch_size = 32
   config.train.num_steps = 1650             # sized for the 3-seed sweep of Tables 1/5 (< 90 min)
   config.train.learning_rate = 0.001
@@ -137,7 +152,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 50
   config.train.progress_bar = True
   config.train.nonfinite = 'skip'            # non-finite loss/gradient: skip the update (counted in
-                                             # metrics.jsonl as nonfinite_steps) | stop with an error
+                                             # metrics.jsonl as nonfinite_steps) |
+                                             # stop with an error
 
   config.eval = ml_collections.ConfigDict()
   config.eval.split = 'val'
@@ -146,7 +162,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.num_images = 8     # rows in the PNG grid
   config.eval.attention = True   # attention in the CRF unary at inference; False: baseline B6
   config.eval.class_threshold = 0.5  # sigmoid score above which a class is predicted present
-  config.eval.tune_threshold = True  # ... chosen on the tags of eval.tune_split instead (best mean F1)
+  config.eval.tune_threshold = True  # ... chosen on the tags of eval.tune_split
+                                     # instead (best mean F1)
   config.eval.tune_split = 'val'     # the split whose tags choose the class threshold
   config.eval.scales = (1.0,)    # multi-scale inference: p^S averaged over these scales
   config.eval.flip = False       # ... and their horizontal flips

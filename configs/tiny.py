@@ -1,4 +1,5 @@
-"""A seconds-long smoke config (tests, debugging): 32 px images, a 1/16-width one-conv-per-block net."""
+"""A seconds-long smoke config (tests, debugging): 32 px images, a 1/16-width one-conv-per-block
+net."""
 from configs import default
 
 

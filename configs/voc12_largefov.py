@@ -26,7 +26,8 @@ def get_config():
   d.crop_size = 321                           # DeepLab: random crop 321, mean / ignore padding
   d.scale_range = (0.5, 1.5)                  # (ours) DeepLab-style random scaling
   d.flip = True
-  d.eval_size = 512                           # val images (<= 500 px) padded to 512, scored at full size
+  d.eval_size = 512                           # val images (<= 500 px) padded to 512,
+                                              # scored at full size
   d.num_threads = 8
   d.train_size = d.val_size = d.test_size = 0  # (synthetic-only keys)
 

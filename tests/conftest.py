@@ -8,8 +8,10 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2').strip()
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='wsss-jax-test-xla-cache-'))
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+                           + ' --xla_force_host_platform_device_count=2').strip()
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      tempfile.mkdtemp(prefix='wsss-jax-test-xla-cache-'))
 if os.environ.get('PYTEST_XDIST_WORKER'):
   # pytest -n: one cache per worker (jax writes cache entries without a lock, so a worker could
   # read another's half-written file), each under the one the controller made or the user set.
@@ -34,8 +36,9 @@ def tiny_straight(tmp_path_factory):
   (workdir, stdout). Tests that only read it share it (copy it before changing it): one run and
   one compile instead of one per test."""
   workdir = str(tmp_path_factory.mktemp('straight'))
-  res = helpers.run('train.py', *helpers.TINY_FLAGS, f'--workdir={workdir}', '--config.train.num_steps=20',
-                    '--config.train.log_every=1', '--config.train.checkpoint_every=100')
+  res = helpers.run('train.py', *helpers.TINY_FLAGS, f'--workdir={workdir}',
+                    '--config.train.num_steps=20', '--config.train.log_every=1',
+                    '--config.train.checkpoint_every=100')
   assert res.returncode == 0, res.stderr[-3000:]
   return workdir, res.stdout
 
@@ -55,8 +58,8 @@ def aug_tree(tmp_path_factory):
   """A fake VOC tree with SegmentationClassAug instead of SBD, built from VOCdevkit itself."""
   from wsss_jax.data import fake_voc, voc  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp('voc_aug')
-  fake = fake_voc.make_fake_voc(root / 'raw', n_train=3, n_val=2, n_test=0, n_sbd_extra=3, sbd=False,
-                                aug_png=True, aug_location='vocdevkit', seed=1)
+  fake = fake_voc.make_fake_voc(root / 'raw', n_train=3, n_val=2, n_test=0, n_sbd_extra=3,
+                                sbd=False, aug_png=True, aug_location='vocdevkit', seed=1)
   builder = voc.build(root / 'raw' / 'VOCdevkit', root / 'tfds')  # manual_dir = VOCdevkit itself
   return fake, str(root / 'tfds'), builder
 

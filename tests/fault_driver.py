@@ -52,7 +52,8 @@ elif fault == 'poison':
   original_batches, original_loss = data.train_batches, losses.training_loss
 
   def train_batches(*args, start_step=0, **kwargs):
-    for done, batch in enumerate(original_batches(*args, start_step=start_step, **kwargs), start_step + 1):
+    for done, batch in enumerate(original_batches(*args, start_step=start_step, **kwargs),
+                                 start_step + 1):
       yield dict(batch, poison=np.full(len(batch['image']), float(done == int(arg)), np.float32))
 
   def training_loss(params, batch, rng, config):

@@ -119,5 +119,6 @@ def pattern(h=37, w=53):
   label[5:30, 30:50] = 12
   label[8:12, 40:48] = 19  # gaps between labels: blending labels would make values not drawn here
   lut = np.zeros((256, 3), np.uint8)
-  lut[[0, 3, 7, 12, 19]] = [[20, 20, 20], [230, 30, 30], [30, 220, 40], [40, 60, 230], [240, 240, 30]]
+  lut[[0, 3, 7, 12, 19]] = [[20, 20, 20], [230, 30, 30], [30, 220, 40], [40, 60, 230],
+                            [240, 240, 30]]
   return {'image': lut[label], 'mask': label, 'tags': np.ones(20, np.uint8)}, lut

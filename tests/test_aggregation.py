@@ -23,8 +23,10 @@ def test_heads_on_known_input():
 def test_fcl_is_per_class_fully_connected():
   rng = np.random.default_rng(0)
   f = rng.normal(size=(3, 4, 5, 6)).astype(np.float32)
-  p = {'w': jnp.asarray(rng.normal(size=(4, 5, 6)), jnp.float32), 'b': jnp.asarray(rng.normal(size=6), jnp.float32)}
-  ref = np.array([[np.sum(f[n, :, :, k] * np.asarray(p['w'])[:, :, k]) + p['b'][k] for k in range(6)] for n in range(3)])
+  p = {'w': jnp.asarray(rng.normal(size=(4, 5, 6)), jnp.float32),
+       'b': jnp.asarray(rng.normal(size=6), jnp.float32)}
+  ref = np.array([[np.sum(f[n, :, :, k] * np.asarray(p['w'])[:, :, k]) + p['b'][k]
+                   for k in range(6)] for n in range(3)])
   np.testing.assert_allclose(aggregation.fcl(p, f), ref, rtol=1e-5, atol=1e-5)
   init = aggregation.init_fcl((4, 5), 6)
   np.testing.assert_allclose(aggregation.fcl(init, f), aggregation.gap(f), rtol=1e-5, atol=1e-6)

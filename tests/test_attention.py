@@ -139,7 +139,8 @@ def test_attention_without_neighbours_is_plain_eb():
   cfg, params, acts, img, fcl_w, mask = _tiny_inputs()
   p_a = _maps(params, acts, cfg, img, fcl_w, mask, neighbors=False)
   top = attention.class_signal(acts['fc8'], fcl_w, jnp.arange(4))
-  eb = np.asarray(attention.excitation_backprop(params, acts, cfg, top)['pool4']).sum(-1)  # (B, K, h, w)
+  # (B, K, h, w)
+  eb = np.asarray(attention.excitation_backprop(params, acts, cfg, top)['pool4']).sum(-1)
   up = np.asarray(jax.image.resize(jnp.asarray(np.moveaxis(eb, 1, -1)), (2, 33, 33, 4), 'bilinear'))
   up = np.maximum(up, 0) * np.asarray(mask)[:, None, None, :]
   np.testing.assert_allclose(p_a, up / up.sum(-1, keepdims=True), rtol=1e-5, atol=1e-6)
@@ -175,7 +176,8 @@ def test_attention_shapes_full_size():
   img = jax.ShapeDtypeStruct((1, 321, 321, 3), jnp.uint8)
 
   def run(params, img):
-    _, acts = backbone.apply(params, img.astype(jnp.float32), cfg=cfg, train=False, return_activations=True)
+    _, acts = backbone.apply(params, img.astype(jnp.float32), cfg=cfg, train=False,
+                             return_activations=True)
     return _maps(params, acts, cfg, img, None, jnp.ones((1, 21)), radius=3)
 
   out = jax.eval_shape(run, params, img)
@@ -190,8 +192,8 @@ def test_attention_picture(tmp_path):
   eb = np.asarray(_maps(params, acts, cfg, img, fcl_w, mask, neighbors=False))[0]
   full = np.asarray(_maps(params, acts, cfg, img, fcl_w, mask, radius=2))[0]
   path = str(tmp_path / 'att.png')
-  visualize.save_attention_grid(path, np.asarray(img[0]), eb[..., [0, 1, 3]], full[..., [0, 1, 3]], ['bg', 'a', 'c'],
-                                scale=1)
+  visualize.save_attention_grid(path, np.asarray(img[0]), eb[..., [0, 1, 3]], full[..., [0, 1, 3]],
+                                ['bg', 'a', 'c'], scale=1)
   pic = np.asarray(Image.open(path))
   assert pic.shape == (3 * 33, 3 * 33, 3)
   np.testing.assert_array_equal(pic[:33, :33], np.asarray(img[0]))  # first tile is the input image
@@ -256,7 +258,8 @@ def test_complement_background_matches_numpy(max_classes):
   p_a = _maps(params, acts, cfg, img, fcl_w, mask, neighbors=False,
                                  background='complement', max_classes=max_classes)
   top = attention.class_signal(acts['fc8'], fcl_w, jnp.arange(4))
-  eb = np.asarray(attention.excitation_backprop(params, acts, cfg, top)['pool4'], np.float64).sum(-1)
+  eb = np.asarray(attention.excitation_backprop(params, acts, cfg, top)['pool4'],
+                  np.float64).sum(-1)
   up = np.asarray(jax.image.resize(jnp.asarray(np.moveaxis(eb, 1, -1)), (2, 33, 33, 4), 'bilinear'),
                   np.float64)
   m = np.asarray(mask, np.float64)[:, None, None, :]

@@ -31,8 +31,10 @@ def test_augmentation_keeps_image_and_mask_aligned():
   rows, cols = np.nonzero(out['mask'] != 255)
   assert rows.min() == 0 and cols.min() == 0
   assert rows.max() + 1 in (18, 19) and cols.max() + 1 in (26, 27)
-  assert (out['mask'][rows.max() + 1:] == 255).all() and (out['mask'][:, cols.max() + 1:] == 255).all()
-  # Flip and crop alone (scale 1): the output is a window of the input, mirrored about half the time.
+  assert ((out['mask'][rows.max() + 1:] == 255).all()
+          and (out['mask'][:, cols.max() + 1:] == 255).all())
+  # Flip and crop alone (scale 1): the output is a window of the input, mirrored about half the
+  # time.
   flips, windows = 0, set()
   for seed in range(24):
     for flip in (True, False):
@@ -40,7 +42,8 @@ def test_augmentation_keeps_image_and_mask_aligned():
           ex, np.random.default_rng(seed))
       found = [(t, l, f) for t in range(18) for l in range(34) for f in (False, True)
                if np.array_equal(out['mask'], (ex['mask'][t:t + 20, l:l + 20])[:, ::-1 if f else 1])
-               and np.array_equal(out['image'], (ex['image'][t:t + 20, l:l + 20])[:, ::-1 if f else 1])]
+               and np.array_equal(out['image'],
+                                  (ex['image'][t:t + 20, l:l + 20])[:, ::-1 if f else 1])]
       assert found, seed
       flips += any(f for _, _, f in found) and not any(not f for _, _, f in found)
       windows.add(found[0][:2])
@@ -56,7 +59,8 @@ def test_pad_to_and_small_images():
   assert np.array_equal(out['image'][:10, :12], ex['image'])
   assert np.array_equal(out['mask'][:10, :12], ex['mask'])
   assert (out['mask'][10:] == 255).all() and (out['mask'][:, 12:] == 255).all()
-  assert (out['image'][10:] == (124, 117, 104)).all() and (out['image'][:, 12:] == (124, 117, 104)).all()
+  assert ((out['image'][10:] == (124, 117, 104)).all()
+          and (out['image'][:, 12:] == (124, 117, 104)).all())
   assert out['size'].tolist() == [10, 12] and out['size'].dtype == np.int32
   with pytest.raises(ValueError, match='10x12'):
     augment.pad_to(ex, (8, 20))

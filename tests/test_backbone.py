@@ -13,7 +13,8 @@ def test_full_size_output_stride_and_param_count():
   out = jax.eval_shape(lambda p, x: backbone.apply(p, x, cfg=cfg, train=False), params,
                        jax.ShapeDtypeStruct((2, 321, 321, 3), jnp.float32))
   assert out.shape == (2, 41, 41, 21)
-  # VGG-16 conv1-conv5 have 14,714,688 parameters; fc6 3x3x512x1024, fc7 1024x1024, fc8 1024x21 (+ biases).
+  # VGG-16 conv1-conv5 have 14,714,688 parameters; fc6 3x3x512x1024, fc7 1024x1024, fc8 1024x21
+  # (+ biases).
   n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
   assert n == 14_714_688 + (9 * 512 * 1024 + 1024) + (1024 * 1024 + 1024) + (1024 * 21 + 21)
 
@@ -25,7 +26,8 @@ def test_layer_list_is_deeplab_largefov():
                                    'conv3_3', 'conv4_1', 'conv4_2', 'conv4_3', 'conv5_1', 'conv5_2',
                                    'conv5_3', 'fc6', 'fc7', 'fc8']
   assert all(c[3] == 2 for c in convs if c[0].startswith('conv5'))
-  assert ('fc6', 1024, 3, 12) in convs and ('fc7', 1024, 1, 1) in convs and ('fc8', 21, 1, 1) in convs
+  assert (('fc6', 1024, 3, 12) in convs and ('fc7', 1024, 1, 1) in convs
+          and ('fc8', 21, 1, 1) in convs)
   pools = {l.name: (l.kind, l.stride) for l in layers if 'pool' in l.kind}
   assert pools == {'pool1': ('maxpool', 2), 'pool2': ('maxpool', 2), 'pool3': ('maxpool', 2),
                    'pool4': ('maxpool', 1), 'pool5': ('maxpool', 1), 'pool5a': ('avgpool', 1)}
@@ -41,7 +43,8 @@ def test_tiny_variant_65px_forward_and_activations():
   assert acts['pool1'].shape[1:3] == (33, 33) and acts['pool3'].shape[1:3] == (9, 9)
   assert acts['pool4'].shape == (2, 9, 9, 32)
   np.testing.assert_array_equal(acts['fc8'], out)
-  # Dropout: train mode without rng is refused; with rng it changes fc7's output, eval mode is deterministic.
+  # Dropout: train mode without rng is refused; with rng it changes fc7's output, eval mode is
+  # deterministic.
   with pytest.raises(ValueError, match='rng'):
     backbone.apply(params, x, cfg=cfg, train=True)
   tr = backbone.apply(params, x, cfg=cfg, train=True, rng=jax.random.key(3))
@@ -79,15 +82,18 @@ def _np_pool(x, stride, op):
 def test_dilated_conv_matches_numpy(dil):
   rng = np.random.default_rng(0)
   x, w, b = rng.normal(size=(2, 7, 6, 3)), rng.normal(size=(3, 3, 3, 4)), rng.normal(size=4)
-  got = backbone.conv(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32), dil)
+  got = backbone.conv(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32),
+                      jnp.asarray(b, jnp.float32), dil)
   np.testing.assert_allclose(got, _np_conv(x, w, b, dil), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize('stride', [1, 2])
 def test_pools_match_caffe_semantics(stride):
   x = np.random.default_rng(1).normal(size=(1, 7, 5, 2))
-  np.testing.assert_allclose(backbone.max_pool(jnp.asarray(x), 3, stride), _np_pool(x, stride, 'max'), rtol=1e-6)
-  np.testing.assert_allclose(backbone.avg_pool(jnp.asarray(x), 3, stride), _np_pool(x, stride, 'avg'), rtol=1e-5)
+  np.testing.assert_allclose(backbone.max_pool(jnp.asarray(x), 3, stride),
+                             _np_pool(x, stride, 'max'), rtol=1e-6)
+  np.testing.assert_allclose(backbone.avg_pool(jnp.asarray(x), 3, stride),
+                             _np_pool(x, stride, 'avg'), rtol=1e-5)
 
 
 @pytest.mark.parametrize('stride, shape', [(1, (2, 6, 5, 3)), (2, (2, 7, 8, 3)), (2, (1, 9, 9, 2))])
@@ -116,5 +122,6 @@ def test_max_pool_gradient_goes_to_the_first_maximum(stride, shape):
 def test_one_by_one_conv_matches_numpy():
   rng = np.random.default_rng(3)
   x, w, b = rng.normal(size=(2, 4, 5, 6)), rng.normal(size=(1, 1, 6, 3)), rng.normal(size=3)
-  got = backbone.conv(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32))
+  got = backbone.conv(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32),
+                      jnp.asarray(b, jnp.float32))
   np.testing.assert_allclose(got, _np_conv(x, w, b, 1), rtol=1e-4, atol=1e-4)

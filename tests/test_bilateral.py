@@ -13,7 +13,8 @@ BINS = (8, 3, 3)
 
 
 def _exact_hsv(rgb):
-  """colorsys's HSV formulas in exact rational arithmetic (colorsys itself rounds: 134/201 * 3 < 2)."""
+  """colorsys's HSV formulas in exact rational arithmetic (colorsys itself rounds:
+  134/201 * 3 < 2)."""
   r, g, b = (Fraction(int(c), 255) for c in rgb)
   mx, mn = max(r, g, b), min(r, g, b)
   if mx == mn:
@@ -45,7 +46,8 @@ def _np_q(img, radius, sz=10.0, sr=30.0):
   cy, cx = np.divmod(np.arange(gh * gw), gw)
   z = 8.0 * np.stack([cy, cx], -1)
   r = hist.reshape(gh * gw, -1)
-  w = np.exp(-((z[:, None] - z[None]) ** 2).sum(-1) / sz ** 2) * np.exp(-((r[:, None] - r[None]) ** 2).sum(-1) / sr ** 2)
+  w = np.exp(-((z[:, None] - z[None]) ** 2).sum(-1) / sz ** 2) * np.exp(
+      -((r[:, None] - r[None]) ** 2).sum(-1) / sr ** 2)
   w *= (np.abs(cy[:, None] - cy[None]) <= radius) & (np.abs(cx[:, None] - cx[None]) <= radius)
   d = w / w.sum(1, keepdims=True) - 1.0  # Eq. (9)
   return -(d + d.T) / 2  # the symmetric part of -D, what the QP's quadratic form sees
@@ -61,12 +63,14 @@ def _image(rng, size):
 
 def test_exact_reference_agrees_with_colorsys():
   for p in np.random.default_rng(3).integers(0, 256, (300, 3)):
-    np.testing.assert_allclose([float(v) for v in _exact_hsv(p)], colorsys.rgb_to_hsv(*(p / 255.0)), atol=1e-12)
+    np.testing.assert_allclose([float(v) for v in _exact_hsv(p)], colorsys.rgb_to_hsv(*(p / 255.0)),
+                               atol=1e-12)
 
 
 def test_hsv_matches_colorsys():
   rgb = np.random.default_rng(0).integers(0, 256, (500, 3)).astype(np.uint8)
-  rgb[:5] = [[0, 0, 0], [255, 255, 255], [10, 10, 10], [255, 0, 0], [0, 255, 255]]  # grey and pure hues
+  # grey and pure hues
+  rgb[:5] = [[0, 0, 0], [255, 255, 255], [10, 10, 10], [255, 0, 0], [0, 255, 255]]
   got = np.asarray(bilateral.rgb_to_hsv(jnp.asarray(rgb)))
   ref = np.array([colorsys.rgb_to_hsv(*(p / 255.0)) for p in rgb])
   np.testing.assert_allclose(got, ref, atol=1e-5)
@@ -94,7 +98,8 @@ def test_diffusion_reading_matches_numpy_and_is_convex(radius):
   cy, cx = np.divmod(np.arange(gh * gw), gw)
   z = 8.0 * np.stack([cy, cx], -1)
   r = hist.reshape(gh * gw, -1)
-  w = np.exp(-((z[:, None] - z[None]) ** 2).sum(-1) / 100.0 - ((r[:, None] - r[None]) ** 2).sum(-1) / 900.0)
+  w = np.exp(-((z[:, None] - z[None]) ** 2).sum(-1) / 100.0
+             - ((r[:, None] - r[None]) ** 2).sum(-1) / 900.0)
   w *= (np.abs(cy[:, None] - cy[None]) <= radius) & (np.abs(cx[:, None] - cx[None]) <= radius)
   d = w.sum(1)
   a = w / np.sqrt(d[:, None] * d[None])

@@ -39,11 +39,13 @@ def test_workdir_of_an_older_version_still_loads(tmp_path):
   with the values that reproduce the older behaviour."""
   config = tiny.get_config()
   raw = json.loads(config.to_json())
-  del raw['init_weights'], raw['train']['nonfinite'], raw['data']['eval_size'], raw['data']['crop_size']
+  del raw['init_weights'], raw['train']['nonfinite'], raw['data']['eval_size'], \
+      raw['data']['crop_size']
   (tmp_path / 'config.json').write_text(json.dumps(raw))
   loaded = config_lib.load_config(str(tmp_path))
   config_lib.validate_config(loaded)
-  assert loaded.train.nonfinite == 'skip' and loaded.data.eval_size == 0 and loaded.init_weights == ''
+  assert (loaded.train.nonfinite == 'skip' and loaded.data.eval_size == 0
+          and loaded.init_weights == '')
   assert json.loads(loaded.to_json()) == json.loads(config.to_json())
 
 
@@ -75,7 +77,8 @@ def test_keys_come_from_the_default_config(monkeypatch):
     config_lib.validate_config(config)
 
 
-@pytest.mark.parametrize('path', ['default', 'fully_supervised', 'tiny', 'voc12_largefov', 'voc12_smoke'])
+@pytest.mark.parametrize('path', ['default', 'fully_supervised', 'tiny', 'voc12_largefov',
+                                  'voc12_smoke'])
 def test_every_config_file_has_exactly_the_default_keys(path):
   config = importlib.import_module(f'configs.{path}').get_config()
   assert config_lib.leaf_paths(config_lib.as_dict(config)) == config_lib.leaf_paths(
@@ -133,7 +136,8 @@ def test_what_the_training_signature_leaves_out_does_not_change_training(tmp_pat
   config.train.learning_rate *= 2
   assert config_lib.first_difference(config_lib.training_signature(config), sig) is not None
   params = _run(config, str(tmp_path / 'lr'))
-  assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(reference)))
+  assert any(not np.array_equal(x, y)
+             for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(reference)))
 
 
 def _absent(tree, path):
@@ -155,7 +159,8 @@ def test_signature_keeps_the_crf_settings_where_a_loss_reaches_the_crf():
 
 
 def test_library_defaults_agree_with_the_default_config():
-  """attention_maps' settings and the synthetic generator's default to configs/default.py's values."""
+  """attention_maps' settings and the synthetic generator's default to configs/default.py's
+  values."""
   default = config_lib.default_config()
   sig = inspect.signature(attention.attention_maps).parameters
   for key, value in default.model.attention.items():

@@ -25,17 +25,21 @@ def test_train_then_eval_outputs_and_refusals(tiny_straight, tmp_path):
   # eval.py on the finished workdir: table, JSON and PNG.
   res = helpers.run('eval.py', f'--workdir={straight}')
   assert res.returncode == 0, res.stderr[-2000:]
-  assert any('mIoU' in l and 'backgr' in l for l in res.stdout.splitlines()) and 'val mIoU:' in res.stdout
+  assert any('mIoU' in l and 'backgr' in l
+             for l in res.stdout.splitlines()) and 'val mIoU:' in res.stdout
   assert 'class threshold' in res.stdout  # tuned on the val tags
   report = json.load(open(os.path.join(straight, 'eval_val.json')))
   conf = np.array(report['confusion'])
   assert conf.sum() == 16 * 32 * 32 and report['step'] == total
-  # the image classifier's per-class AP on the val tags (the warm-up diagnostic), background excluded
+  # the image classifier's per-class AP on the val tags (the warm-up diagnostic), background
+  # excluded
   assert list(report['tag_ap']) == [n for n in report['iou'] if n != 'background']
-  assert report['tag_map'] == pytest.approx(np.nanmean([v for v in report['tag_ap'].values() if v is not None]))
+  assert report['tag_map'] == pytest.approx(np.nanmean([v for v in report['tag_ap'].values()
+                                                        if v is not None]))
   assert 'image classification on val: mAP' in res.stdout
   assert os.path.getsize(os.path.join(straight, 'examples_val.png')) > 0
-  # An inference variant (B6 + a fixed threshold) writes its own files, leaving the others as they were.
+  # An inference variant (B6 + a fixed threshold) writes its own files, leaving the others as they
+  # were.
   before = open(os.path.join(straight, 'eval_val.json')).read()
   res = helpers.run('eval.py', f'--workdir={straight}', '--noattention', '--class_threshold=0.3')
   assert res.returncode == 0, res.stderr[-2000:]
@@ -57,7 +61,8 @@ def test_train_then_eval_outputs_and_refusals(tiny_straight, tmp_path):
   assert 'checkpoint architecture differs' in res.stderr and 'conv1_1' in res.stderr
   assert sorted(os.listdir(os.path.join(other, 'checkpoints'))) == before
   # train.py with a different model into an existing workdir refuses rather than mixing runs.
-  res = helpers.run('train.py', *helpers.TINY_FLAGS, f'--workdir={straight}', '--config.model.backbone.width=0.125')
+  res = helpers.run('train.py', *helpers.TINY_FLAGS, f'--workdir={straight}',
+                    '--config.model.backbone.width=0.125')
   assert res.returncode != 0 and 'Traceback' not in res.stderr and 'different model' in res.stderr
   assert helpers.complete_steps(os.path.join(straight, 'checkpoints'))[-1] == total
 

@@ -67,15 +67,18 @@ def test_eval_request_names_variants_and_refuses_bad_settings():
   assert req.variant() == 'noatt_densecrf_s0.75-1_flip_t0.3_crf-iters10-sigma_z20'
   config = req.apply(helpers.tiny_config())
   e = config.eval
-  assert (e.attention, e.dense_crf.enabled, tuple(e.scales), e.flip) == (False, True, (0.75, 1.0), True)
+  assert (e.attention, e.dense_crf.enabled, tuple(e.scales), e.flip) == (
+      False, True, (0.75, 1.0), True)
   assert e.class_threshold == 0.3 and e.tune_threshold is False  # a given threshold is not tuned
   assert config.model.crf.iters == 10 and isinstance(config.model.crf.iters, int)
   assert config.model.crf.sigma_z == 20.0
   assert helpers.tiny_config().model.crf.sigma_z != 20.0  # the request copies the config
-  assert evaluation.EvalRequest.parse_crf(['iters=10', ' sigma_r = 3']) == (('iters', 10.0), ('sigma_r', 3.0))
+  assert evaluation.EvalRequest.parse_crf(['iters=10', ' sigma_r = 3']) == (
+      ('iters', 10.0), ('sigma_r', 3.0))
   with pytest.raises(config_lib.ConfigError, match="--crf expects key=number items, got 'iters'"):
     evaluation.EvalRequest.parse_crf(['iters'])
-  with pytest.raises(config_lib.ConfigError, match='lattice_capacity is not a CRF-RNN inference setting'):
+  with pytest.raises(config_lib.ConfigError,
+                     match='lattice_capacity is not a CRF-RNN inference setting'):
     evaluation.EvalRequest(crf=(('lattice_capacity', 3.0),))
   with pytest.raises(config_lib.ConfigError, match='--scales must be positive'):
     evaluation.EvalRequest(scales=(1.0, -0.5))
@@ -97,14 +100,16 @@ class _Unlabelled:
     return ex
 
 
-def test_eval_json_of_a_split_without_labels_is_valid_and_holds_its_own_figures(tmp_path, monkeypatch):
+def test_eval_json_of_a_split_without_labels_is_valid_and_holds_its_own_figures(tmp_path,
+                                                                                 monkeypatch):
   """No mIoU on a split without labels: null in the JSON (valid JSON, no NaN), 'n/a' printed, and
   no tag figures of another split; the class threshold says which split chose it."""
   config = helpers.tiny_config()
   config.eval.num_images = 0
   make = data.make_dataset
   monkeypatch.setattr(data, 'make_dataset',
-                      lambda cfg, split: _Unlabelled(make(cfg, split)) if split == 'test' else make(cfg, split))
+                      lambda cfg, split: _Unlabelled(make(cfg, split)) if split == 'test'
+                                         else make(cfg, split))
   params = model.init_params(jax.random.key(3), config)
   res = evaluation.evaluate(params, config, 'test', workdir=str(tmp_path), step=7)
   text = (tmp_path / 'eval_test.json').read_text()

@@ -27,7 +27,8 @@ TINY = helpers.TINY_FLAGS
 
 def _train(workdir, *flags, fault=None, devices=1, timeout=300):
   script = ('tests/fault_driver.py', fault) if fault else ('train.py',)
-  return helpers.run(*script, *TINY, f'--workdir={workdir}', *flags, devices=devices, timeout=timeout)
+  return helpers.run(*script, *TINY, f'--workdir={workdir}', *flags, devices=devices,
+                     timeout=timeout)
 
 
 def _steps(workdir):
@@ -38,7 +39,8 @@ def _steps(workdir):
 def _restore(workdir, step=None):
   config = config_lib.load_config(workdir)
   mngr = checkpointing.checkpoint_manager(workdir, config)
-  state = checkpointing.restore_state(mngr, trainer.create_state(config, jax.random.key_data(jax.random.key(9))), step)
+  state = checkpointing.restore_state(
+      mngr, trainer.create_state(config, jax.random.key_data(jax.random.key(9))), step)
   mngr.close()
   return jax.device_get(state)
 
@@ -49,7 +51,8 @@ def _metrics(workdir):
 
 
 def _assert_same_params(a, b):
-  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a.params)[0], jax.tree.leaves(b.params)):
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a.params)[0],
+                          jax.tree.leaves(b.params)):
     np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
 
 
@@ -62,8 +65,10 @@ def straight(tiny_straight):
 def test_importing_the_package_initialises_no_backend():
   # jax.distributed.initialize() must come before any backend use: importing must not use one.
   for script in ('train', 'eval'):  # (each defines its own flags: one per process)
-    code = (f'import {script}, wsss_jax.weights, wsss_jax.data.voc; from jax._src import xla_bridge; '
-            'assert not xla_bridge.backends_are_initialized(), "a module touched a JAX backend at import"')
+    code = (f'import {script}, wsss_jax.weights, wsss_jax.data.voc; '
+            'from jax._src import xla_bridge; '
+            'assert not xla_bridge.backends_are_initialized(), '
+            '"a module touched a JAX backend at import"')
     res = helpers.run('-c', code, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
 
@@ -71,7 +76,8 @@ def test_importing_the_package_initialises_no_backend():
 def test_sigterm_saves_then_resume_equals_uninterrupted_run(straight, tmp_path):
   workdir = str(tmp_path / 'preempted')
   proc = helpers.run('train.py', *TINY, f'--workdir={workdir}', '--config.train.num_steps=20',
-                     '--config.train.log_every=1', '--config.train.checkpoint_every=100', background=True)
+                     '--config.train.log_every=1', '--config.train.checkpoint_every=100',
+                     background=True)
   metrics = os.path.join(workdir, 'metrics.jsonl')
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
@@ -120,7 +126,8 @@ def test_sigkill_mid_save_resumes_from_previous_checkpoint(straight, tmp_path):
                '--config.train.log_every=1', fault='kill_mid_save:8')
   assert res.returncode == -signal.SIGKILL
   ckpt = os.path.join(workdir, 'checkpoints')
-  assert _steps(workdir) == [2, 4], os.listdir(ckpt)  # step 8 never completed (2: the warm-up's end)
+  # step 8 never completed (2: the warm-up's end)
+  assert _steps(workdir) == [2, 4], os.listdir(ckpt)
   leftovers = [d for d in os.listdir(ckpt) if not d.isdigit() and d.startswith('8')]
   assert leftovers, os.listdir(ckpt)  # the kill did land in the middle of the save of step 8
   res = _train(workdir, '--config.train.num_steps=20', '--config.train.checkpoint_every=4',
@@ -177,9 +184,11 @@ def test_checkpoint_of_another_optimizer_is_a_config_error_not_corruption(tmp_pa
   config.train.optimizer = 'sgd'
   mngr = checkpointing.checkpoint_manager(workdir, config)
   with pytest.raises(config_lib.ConfigError, match='another optimizer state'):
-    checkpointing.restore_state(mngr, trainer.create_state(config, jax.random.key_data(jax.random.key(0))),
-                            quarantine=True)
-  assert mngr.all_steps() == [2, 4] and not os.path.exists(os.path.join(workdir, 'checkpoints.corrupt'))
+    checkpointing.restore_state(
+        mngr, trainer.create_state(config, jax.random.key_data(jax.random.key(0))),
+        quarantine=True)
+  assert mngr.all_steps() == [2, 4] and not os.path.exists(
+      os.path.join(workdir, 'checkpoints.corrupt'))
   mngr.close()
 
 
@@ -189,7 +198,8 @@ def test_disk_full_on_save_is_one_clear_error_and_keeps_earlier_checkpoints(tmp_
                fault='enospc:4')
   assert res.returncode == 1 and 'Traceback' not in res.stderr
   last = res.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: cannot write checkpoint step 4') and 'No space left on device' in last
+  assert (last.startswith('error: cannot write checkpoint step 4')
+          and 'No space left on device' in last)
   assert _steps(workdir) == [2]
   assert int(_restore(workdir).step) == 2
 
@@ -233,16 +243,19 @@ def test_train_step_skips_a_nonfinite_update_and_handles_empty_tags(monkeypatch)
   rng = jax.random.split(jax.random.key(1), 1)
   good, aux = step(jax_utils.replicate(state, devices=jax.devices()[:1]), shard(batch, 0.0), rng)
   assert float(aux['nonfinite'][0]) == 0 and np.isfinite(float(aux['loss'][0]))
-  first = lambda tree: jax.tree.map(lambda x: np.asarray(x)[0], tree)  # (unreplicate of a 1-of-2-device pmap)
+  # (unreplicate of a 1-of-2-device pmap)
+  first = lambda tree: jax.tree.map(lambda x: np.asarray(x)[0], tree)
   good = first(good)
   assert int(good.step) == 1
-  moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(good.params), jax.tree.leaves(state.params)))
+  moved = max(float(np.max(np.abs(a - b)))
+              for a, b in zip(jax.tree.leaves(good.params), jax.tree.leaves(state.params)))
   assert moved > 0 and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(good.params))
   bad, aux = step(jax_utils.replicate(good, devices=jax.devices()[:1]), shard(batch, 1.0), rng)
   assert float(aux['nonfinite'][0]) == 1
   bad = first(bad)
   assert int(bad.step) == 2  # the counter advances, so data and RNG stay keyed to the step
-  for x, y in zip(jax.tree.leaves((bad.params, bad.opt_state)), jax.tree.leaves((good.params, good.opt_state))):
+  for x, y in zip(jax.tree.leaves((bad.params, bad.opt_state)),
+                  jax.tree.leaves((good.params, good.opt_state))):
     np.testing.assert_array_equal(x, y)
 
 
@@ -260,7 +273,8 @@ def test_nan_parameters_are_never_saved(tmp_path):
 
 @pytest.mark.parametrize('flags, message', [
     (['--config.data.train_size=0'], 'the train split of data "synthetic" has 0 examples'),
-    (['--config.data.val_size=0', '--config.train.num_steps=1'], 'the val split of data "synthetic" has no examples'),
+    (['--config.data.val_size=0', '--config.train.num_steps=1'],
+     'the val split of data "synthetic" has no examples'),
     (['--config.train.batch_size=3'], 'must be divisible by the 2 devices'),
 ])
 def test_bad_data_and_batch_settings_are_one_line(tmp_path, flags, message):
@@ -296,14 +310,15 @@ def test_two_processes_equal_one_process(tmp_path):
   batches, same parameters on both processes, same pooled eval confusion matrix. (The tiny
   config without attention and CRF-RNN, which change nothing in the multi-process plumbing
   but triple the compile time.)"""
-  flags = ['--config.train.num_steps=3', '--config.train.warmup_steps=0', '--config.train.checkpoint_every=2',
-           '--config.eval.num_images=1', '--config.model.attention.enabled=False',
-           '--config.model.crf.enabled=False']
+  flags = ['--config.train.num_steps=3', '--config.train.warmup_steps=0',
+           '--config.train.checkpoint_every=2', '--config.eval.num_images=1',
+           '--config.model.attention.enabled=False', '--config.model.crf.enabled=False']
   multi = str(tmp_path / 'multi')
   port = _free_port()
-  procs = [helpers.run('tests/fault_driver.py', f'capture_params:{tmp_path / "multi_params"}', *TINY,
-                       f'--workdir={multi}', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-                       f'--process_id={i}', *flags, background=True) for i in range(2)]
+  procs = [helpers.run('tests/fault_driver.py', f'capture_params:{tmp_path / "multi_params"}',
+                       *TINY, f'--workdir={multi}', f'--coordinator_address=127.0.0.1:{port}',
+                       '--num_processes=2', f'--process_id={i}', *flags, background=True)
+           for i in range(2)]
   outs = [p.communicate(timeout=400) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
@@ -325,7 +340,8 @@ def test_two_processes_equal_one_process(tmp_path):
   assert np.sum(a['confusion']) == np.sum(b['confusion']) == 16 * 32 * 32  # every val pixel, once
   assert a['class_threshold'] == b['class_threshold']
   np.testing.assert_allclose(np.array(a['confusion']), np.array(b['confusion']), atol=8)
-  assert [l for l in outs[0][0].splitlines() if 'mIoU:' in l] == [l for l in outs[1][0].splitlines() if 'mIoU:' in l]
+  assert [l for l in outs[0][0].splitlines() if 'mIoU:' in l] == [
+      l for l in outs[1][0].splitlines() if 'mIoU:' in l]
 
 
 @pytest.mark.parametrize('flag, message', [

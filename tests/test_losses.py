@@ -15,7 +15,8 @@ def _np_eq14(logits, tags):
   out = []
   for pi, ti in zip(p, tags):
     pos, neg = pi[ti == 1], pi[ti == 0]
-    out.append((-np.mean(np.log(pos)) if len(pos) else 0.0) + (-np.mean(np.log(1 - neg)) if len(neg) else 0.0))
+    out.append((-np.mean(np.log(pos)) if len(pos) else 0.0)
+               + (-np.mean(np.log(1 - neg)) if len(neg) else 0.0))
   return np.array(out)
 
 
@@ -27,14 +28,16 @@ def test_classification_loss_matches_eq14():
   tags[1] = 0  # all absent
   got = losses.classification_loss(jnp.asarray(logits), jnp.asarray(tags))
   np.testing.assert_allclose(got, _np_eq14(logits, tags), rtol=1e-5)
-  g = jax.grad(lambda l: jnp.sum(losses.classification_loss(l, jnp.asarray(tags))))(jnp.asarray(logits))
+  g = jax.grad(lambda l: jnp.sum(losses.classification_loss(l, jnp.asarray(tags))))(
+      jnp.asarray(logits))
   assert np.all(np.isfinite(g))
 
 
 def test_classification_loss_is_finite_for_saturated_logits():
   logits = jnp.array([[80.0, -80.0]])
   got = losses.classification_loss(logits, jnp.array([[0, 1]]))
-  np.testing.assert_allclose(got, [160.0], rtol=1e-5)  # -log sigma(-80) + -log(1 - sigma(80)), in log space
+  # -log sigma(-80) + -log(1 - sigma(80)), in log space
+  np.testing.assert_allclose(got, [160.0], rtol=1e-5)
 
 
 def test_pixel_cross_entropy_ignores_255():
@@ -42,8 +45,10 @@ def test_pixel_cross_entropy_ignores_255():
   logits = rng.normal(size=(1, 2, 3, 4)).astype(np.float32)
   labels = np.array([[[0, 3, 255], [1, 255, 2]]])
   lp = logits - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True))
-  ref = -np.mean([lp[0, i, j, labels[0, i, j]] for i in range(2) for j in range(3) if labels[0, i, j] != 255])
-  np.testing.assert_allclose(losses.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels)), [ref], rtol=1e-5)
+  ref = -np.mean([lp[0, i, j, labels[0, i, j]] for i in range(2) for j in range(3)
+                  if labels[0, i, j] != 255])
+  np.testing.assert_allclose(losses.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels)),
+                             [ref], rtol=1e-5)
 
 
 def test_segmentation_loss_matches_numpy_eq15():
@@ -84,6 +89,7 @@ def test_loss_finite_with_one_tag_and_all_tags(which):
     tags[:] = 1.0
   batch['tags'] = tags
   (loss, aux), grads = jax.jit(jax.value_and_grad(
-      lambda p, b: losses.training_loss(p, b, jax.random.key(0), config), has_aux=True))(state.params, batch)
+      lambda p, b: losses.training_loss(p, b, jax.random.key(0), config),
+      has_aux=True))(state.params, batch)
   assert np.isfinite(float(loss)) and all(np.isfinite(float(v)) for v in jax.tree.leaves(aux))
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))

@@ -14,7 +14,8 @@ def test_confusion_matrix_and_miou_by_hand():
   for g, p in [(0, 0), (0, 1), (1, 1), (1, 1), (2, 2), (2, 0), (1, 3)]:  # the 255 pixel is skipped
     expected[g, p] += 1
   np.testing.assert_array_equal(conf, expected)
-  # IoU: bg 1/(2+2-1), c1 2/(3+3-2), c2 1/(2+1-1), c3 0/(0+1-0): class 3 appears only in the prediction.
+  # IoU: bg 1/(2+2-1), c1 2/(3+3-2), c2 1/(2+1-1), c3 0/(0+1-0): class 3 appears only in the
+  # prediction.
   iou = metrics.iou_per_class(conf)
   np.testing.assert_allclose(iou, [1 / 3, 1 / 2, 1 / 2, 0.0])
   assert metrics.mean_iou(conf) == pytest.approx((1 / 3 + 1 / 2 + 1 / 2 + 0) / 4)
@@ -44,8 +45,11 @@ def test_average_precision_against_pairwise_definition():
     assert ap[c] == pytest.approx(np.mean(prec), abs=1e-12)
   assert np.isnan(ap[3])
   # positives ranked 1st and 3rd of 4: (1/1 + 2/3) / 2
-  got = metrics.average_precision(np.array([[.9], [.8], [.7], [.6]]), np.array([[1], [0], [1], [0]], bool))
+  got = metrics.average_precision(np.array([[.9], [.8], [.7], [.6]]),
+                                  np.array([[1], [0], [1], [0]], bool))
   assert got[0] == pytest.approx(5 / 6)
   # a perfect ranking scores 1, a reversed one less
-  assert metrics.average_precision(np.array([[2.], [1.], [0.]]), np.array([[1], [1], [0]], bool))[0] == 1.0
-  assert metrics.average_precision(np.array([[0.], [1.], [2.]]), np.array([[1], [1], [0]], bool))[0] < 0.6
+  assert metrics.average_precision(np.array([[2.], [1.], [0.]]),
+                                   np.array([[1], [1], [0]], bool))[0] == 1.0
+  assert metrics.average_precision(np.array([[0.], [1.], [2.]]),
+                                   np.array([[1], [1], [0]], bool))[0] < 0.6

@@ -43,7 +43,8 @@ def test_crf_target_is_the_mean_field_of_the_attention_alone(stride):
   params = {'crf': crf.init_params(k)}
   refine = lambda a: model.refine_attention(params, jnp.asarray(im)[None], a, config, stride)
   target, size = jax.jit(refine)(jnp.asarray(p_a, jnp.float32)[None])
-  block = lambda x: x.astype(np.float64).reshape(h // stride, stride, w // stride, stride, -1).mean((1, 3))
+  block = lambda x: x.astype(np.float64).reshape(
+      h // stride, stride, w // stride, stride, -1).mean((1, 3))
   ref, _, _ = np_mean_field(block(p_a), block(im), 3,
                             [(10.0 / 2 ** 0.5 / stride, 40.0 / 2 ** 0.5, 5.0)], clip=1e-8)
   ref = _np_upsample(ref, stride) if stride > 1 else ref
@@ -72,10 +73,12 @@ def test_inference_without_confident_class_falls_back_to_background():
   images = np.stack([ds[i]['image'] for i in range(2)])
   out, _ = model.bottom_up(params, images, config, train=False)
   mask = model.predicted_classes(out['image_logits'], config.eval.class_threshold)
-  np.testing.assert_array_equal(np.asarray(mask), np.eye(1, config.data.num_classes + 1).repeat(2, 0))
+  np.testing.assert_array_equal(np.asarray(mask),
+                                np.eye(1, config.data.num_classes + 1).repeat(2, 0))
   # (one jit for both: one compile)
   pred, seg = jax.jit(lambda p, x, m: (model.infer(p, x, config),
-                                       model.segment(p, x, config, m, train=False)))(params, images, mask)
+                                       model.segment(p, x, config, m, train=False)))(
+      params, images, mask)
   assert set(pred) == {'final', 'cnn', 'attention', 'lattice_size'}
   np.testing.assert_array_equal(np.asarray(pred['final']), 0)
   np.testing.assert_array_equal(np.asarray(pred['attention']), 0)
@@ -93,7 +96,8 @@ def test_attention_max_classes_equals_all_classes():
   _, acts = model.bottom_up(params, images, config, train=False)
   bcfg = model.backbone_config(config)
   run = lambda mc: jax.jit(lambda p, a, x, t: attention.attention_maps(
-      p['backbone'], a, bcfg, x, aggregation.fcl_positional_weights(p['fcl'], config.model.fcl_form),
+      p['backbone'], a, bcfg, x,
+      aggregation.fcl_positional_weights(p['fcl'], config.model.fcl_form),
       t, radius=2, qp_iters=30, max_classes=mc, eps=0.01, qp_tol=1e-4, background='walk',
       feedforward_weight=1.0, top_signal='scores'))(
           params, acts, images, tags)

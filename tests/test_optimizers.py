@@ -23,7 +23,8 @@ def test_fcl_lr_scale_scales_only_the_fcl_step():
   dev = jax.devices()[:1]
   key = jax.random.key_data(jax.random.key(3))
   init = jax.device_get(trainer.create_state(base, key).params)
-  (p1, _), (p2, _) = (helpers.one_step(c, trainer.create_state(c, key), batch, dev) for c in (base, scaled))
+  (p1, _), (p2, _) = (helpers.one_step(c, trainer.create_state(c, key), batch, dev)
+                      for c in (base, scaled))
   for name in ('w', 'b'):
     np.testing.assert_allclose(p2['fcl'][name] - init['fcl'][name],
                                0.1 * (p1['fcl'][name] - init['fcl'][name]), rtol=1e-3, atol=1e-9)

@@ -10,7 +10,8 @@ def test_replicated_state_is_laid_out_as_the_steps_outputs():
   """A pmapped step fed trainer.replicate's tree compiles once, not again when it is fed its
   own output (jax_utils.replicate's layout made the second call compile the step again)."""
   compiles = []
-  listen = lambda name, _, **kw: compiles.append(name) if name.endswith('backend_compile_duration') else None
+  listen = lambda name, _, **kw: compiles.append(name) if name.endswith(
+      'backend_compile_duration') else None
   step = jax.pmap(lambda s, x: ({'w': s['w'] + x}, jnp.sum(x)), axis_name=trainer.AXIS,
                   donate_argnums=(0,))
   s, x = trainer.replicate({'w': jnp.zeros(3)}), np.ones((jax.local_device_count(), 3), np.float32)

@@ -22,7 +22,8 @@ def test_train_batches_crop_determinism_and_resume(sbd_tree):
   ds = data.make_dataset(cfg, 'train')
   assert len(ds) == len(helpers.expected_train_aug(fake))  # 'train' reads data.train_split
   assert len(data.make_dataset(dict(cfg, train_split='train'), 'train')) == len(fake.voc_train)
-  assert min(min(fake.sizes[n]) for n in helpers.expected_train_aug(fake)) < CROP  # images smaller than the crop
+  # images smaller than the crop
+  assert min(min(fake.sizes[n]) for n in helpers.expected_train_aug(fake)) < CROP
   aug = data.train_augment(cfg)
   assert aug == augment.TrainAugment(crop_size=CROP, scale_range=(0.5, 1.5), flip=True)
 
@@ -35,7 +36,8 @@ def test_train_batches_crop_determinism_and_resume(sbd_tree):
     assert b['image'].shape == (4, CROP, CROP, 3) and b['image'].dtype == np.uint8
     assert b['mask'].shape == (4, CROP, CROP) and b['mask'].dtype == np.int32
     assert b['tags'].shape == (4, 20) and b['index'].dtype == np.int32
-  again = take(0, 5, augment_arg={'crop_size': CROP})  # a config mapping builds the same augmentation
+  # a config mapping builds the same augmentation
+  again = take(0, 5, augment_arg={'crop_size': CROP})
   other = take(1, 5)
   for x, y in zip(a, again):
     assert all(np.array_equal(x[k], y[k]) for k in x)
@@ -43,7 +45,8 @@ def test_train_batches_crop_determinism_and_resume(sbd_tree):
   resumed = take(0, 2, start=3)
   for x, y in zip(a[3:], resumed):
     assert all(np.array_equal(x[k], y[k]) for k in x)
-  # End to end: under each label the image shows that class's colour; tags match the indexed example.
+  # End to end: under each label the image shows that class's colour; tags match the indexed
+  # example.
   masks, imgs = np.concatenate([b['mask'] for b in a]), np.concatenate([b['image'] for b in a])
   assert (masks == 255).any()
   names = helpers.expected_train_aug(fake)
@@ -94,7 +97,8 @@ def test_synthetic_configs_unchanged():
 
 
 @pytest.mark.parametrize('key, value, reader', [
-    ('train_split', '', lambda c: data.make_dataset(c, 'train')), ('crop_size', 0, data.train_augment),
+    ('train_split', '', lambda c: data.make_dataset(c, 'train')),
+    ('crop_size', 0, data.train_augment),
     ('scale_range', (), data.train_augment), ('flip', None, data.train_augment),
     ('eval_size', 0, data.eval_pad_size)])
 def test_a_voc_config_states_every_value(key, value, reader):

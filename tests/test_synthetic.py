@@ -1,4 +1,5 @@
-"""The embedded synthetic benchmark: determinism and the properties that make it a WSSS benchmark."""
+"""The embedded synthetic benchmark: determinism and the properties that make it a WSSS
+benchmark."""
 import numpy as np
 import pytest
 
@@ -46,7 +47,8 @@ def test_object_counts_scales_and_cooccurrence(train):
   co = tags.T @ tags
   c = train.num_classes
   partner = np.mean([co[a, (a + c // 2) % c] for a in range(c)])
-  others = np.mean([co[a, b] for a in range(c) for b in range(c) if b != a and b != (a + c // 2) % c])
+  others = np.mean([co[a, b] for a in range(c) for b in range(c)
+                    if b != a and b != (a + c // 2) % c])
   assert partner > 2 * others
 
 

@@ -12,7 +12,8 @@ import helpers
 @pytest.mark.parametrize('mode', ['weak', 'fully_supervised'])
 def test_pmap_two_devices_equal_one_device(mode):
   assert jax.device_count() >= 2, 'conftest sets two host devices'
-  config = helpers.tiny_config(mode=mode, batch_size=4, optimizer='sgd', learning_rate=0.01)  # the reference below is SGD
+  # the reference below is SGD
+  config = helpers.tiny_config(mode=mode, batch_size=4, optimizer='sgd', learning_rate=0.01)
   state = trainer.create_state(config, jax.random.key_data(jax.random.key(0)))
   ds = data.make_dataset(config.data, 'train')
   batch = next(data.train_batches(ds, global_batch=4, seed=0))
@@ -21,7 +22,8 @@ def test_pmap_two_devices_equal_one_device(mode):
   loss_grad = jax.value_and_grad(lambda p: losses.training_loss(p, batch, None, config)[0])
   l1, grads = jax.jit(loss_grad)(state.params)
   lr, wd = config.train.learning_rate, config.train.weight_decay
-  ref = jax.tree.map(lambda w, g: w - lr * (g + wd * w), state.params, grads)  # first step: no momentum yet
+  # first step: no momentum yet
+  ref = jax.tree.map(lambda w, g: w - lr * (g + wd * w), state.params, grads)
   assert float(l1) == pytest.approx(l2, rel=1e-5)
   moved = 0.0
   for a, r, w0 in zip(jax.tree.leaves(p2), jax.tree.leaves(ref), jax.tree.leaves(state.params)):
@@ -51,7 +53,8 @@ def test_full_step_on_two_devices_updates_every_group(seg_loss_on, seg_target):
   p = jax.pmap(lambda s, b, r: trainer.train_step(s, b, r, config), axis_name=trainer.AXIS,
                devices=devices)
   sharded = {k: v.reshape((2, 2) + v.shape[1:]) for k, v in batch.items()}
-  new, aux = p(jax_utils.replicate(state, devices=devices), sharded, jax.random.split(jax.random.key(1), 2))
+  new, aux = p(jax_utils.replicate(state, devices=devices), sharded,
+               jax.random.split(jax.random.key(1), 2))
   aux = {k: float(v[0]) for k, v in aux.items()}
   assert np.isfinite(aux['loss']) and aux['seg_loss'] > 0 and aux['cls_loss'] > 0
   assert aux['loss'] == pytest.approx(aux['cls_loss'] + 1.5 * aux['seg_loss'], rel=1e-5)
@@ -73,7 +76,9 @@ def test_full_step_on_two_devices_updates_every_group(seg_loss_on, seg_target):
 def test_log_window_keeps_the_worst_lattice_fill():
   """The training log window averages the metrics of its finite steps and keeps the worst step's
   CRF-RNN lattice fill (lattice_fill_max)."""
-  window = [(s, {'loss': np.array([1.0]), 'nonfinite': np.array([0]), 'lattice_fill': np.array([f])})
+  window = [(s, {'loss': np.array([1.0]), 'nonfinite': np.array([0]),
+                 'lattice_fill': np.array([f])})
             for s, f in ((1, 0.5), (2, 1.5), (3, 0.7))]
   means, bad = trainer.window_summary(window)
-  assert means['lattice_fill'] == pytest.approx(0.9) and means['lattice_fill_max'] == 1.5 and not bad
+  assert (means['lattice_fill'] == pytest.approx(0.9) and means['lattice_fill_max'] == 1.5
+          and not bad)

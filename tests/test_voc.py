@@ -34,7 +34,8 @@ def test_class_names_palette_and_mask_png_round_trip():
   assert img.getpalette()[:3 * 21] == voc.PALETTE[:21].ravel().tolist()
   dec = voc.decode_mask(png)
   assert dec.dtype == np.int32 and np.array_equal(dec, label)
-  for mode_png in (Image.fromarray(label.astype(np.uint8)),  # grayscale index PNG (SegmentationClassAug)
+  for mode_png in (Image.fromarray(label.astype(np.uint8)),  # grayscale index PNG
+                                                             # (SegmentationClassAug)
                    Image.fromarray(voc.PALETTE[label])):  # an RGB colour-coded mask
     buf = io.BytesIO()
     mode_png.save(buf, 'PNG')
@@ -54,7 +55,8 @@ def test_build_without_tensorflow_splits_tags_masks(sbd_tree):
   assert 'tensorflow' not in sys.modules  # built and (below) read without importing TF
   expected = {'train': fake.voc_train, 'val': fake.voc_val, 'test': fake.test,
               'train_aug': helpers.expected_train_aug(fake)}
-  assert len(expected["train_aug"]) == 5 + 4  # VOC train + the SBD-only images (SBD's VOC val ones dropped)
+  # VOC train + the SBD-only images (SBD's VOC val ones dropped)
+  assert len(expected['train_aug']) == 5 + 4
   assert {s: i.num_examples for s, i in builder.info.splits.items()} == {
       s: len(v) for s, v in expected.items()}
   voc_dir = os.path.join(fake.root, 'VOCdevkit', 'VOC2012')
@@ -65,7 +67,8 @@ def test_build_without_tensorflow_splits_tags_masks(sbd_tree):
       assert src.name(i) == name
       ex = src[i]
       assert ex['image'].dtype == np.uint8 and ex['image'].shape == fake.sizes[name] + (3,)
-      assert np.array_equal(ex['image'], helpers.file_pixels(fake, name))  # the JPEG bytes are stored as is
+      # the JPEG bytes are stored as is
+      assert np.array_equal(ex['image'], helpers.file_pixels(fake, name))
       assert ex['mask'].dtype == np.int32 and ex['tags'].dtype == np.uint8 and int(ex['index']) == i
       assert np.array_equal(ex['tags'], fake.tags[name]), (split, name)
       if split == 'test':
@@ -143,7 +146,8 @@ def test_missing_inputs_raise_one_clear_error(tmp_path):
   assert not (tmp_path / 'tfds').exists()  # nothing half-built
   # Not built yet: the error carries the build command.
   with pytest.raises(voc.DatasetError, match='python -m wsss_jax.data.voc --manual_dir=/m'):
-    data.make_dataset({'name': 'voc2012', 'data_dir': str(tmp_path / 'tfds'), 'manual_dir': '/m'}, 'val')
+    data.make_dataset({'name': 'voc2012', 'data_dir': str(tmp_path / 'tfds'), 'manual_dir': '/m'},
+                      'val')
   with pytest.raises(voc.DatasetError, match='data_dir is not set'):
     data.make_dataset({'name': 'voc2012'}, 'val')
 
@@ -170,7 +174,8 @@ def test_bad_files_skipped_or_converted_with_file_names(tmp_path):
   pixels = {n: helpers.file_pixels(fake, n) for n in (gray, cmyk, rgba, palette_img)}
   _save(jpg(gray), Image.fromarray(pixels[gray]).convert('L'), 'JPEG')
   _save(jpg(cmyk), Image.fromarray(pixels[cmyk]).convert('CMYK'), 'JPEG')
-  rgba_img = np.concatenate([pixels[rgba], np.full(pixels[rgba].shape[:2] + (1,), 128, np.uint8)], -1)
+  rgba_img = np.concatenate([pixels[rgba], np.full(pixels[rgba].shape[:2] + (1,), 128, np.uint8)],
+                            -1)
   _save(jpg(rgba), Image.fromarray(rgba_img), 'PNG')  # PNG bytes under a .jpg name
   pal = Image.fromarray(pixels[palette_img]).quantize(64)
   _save(jpg(palette_img), pal, 'PNG')
@@ -228,12 +233,15 @@ def test_read_time_decode_errors_name_the_file(sbd_tree):
 
 def test_command_lines(tmp_path):
   run = lambda *a: helpers.run('-m', *a, timeout=120)  # noqa: E731
-  r = run('wsss_jax.data.fake_voc', f'--root={tmp_path / "raw"}', '--n_train=2', '--n_val=2', '--n_test=0',
-          '--n_sbd_extra=1')
+  r = run('wsss_jax.data.fake_voc', f'--root={tmp_path / "raw"}', '--n_train=2', '--n_val=2',
+          '--n_test=0', '--n_sbd_extra=1')
   assert r.returncode == 0, r.stderr
   assert (tmp_path / 'raw' / 'benchmark_RELEASE' / 'dataset' / 'train.txt').exists()
-  r = run('wsss_jax.data.voc', f'--manual_dir={tmp_path / "raw"}', f'--data_dir={tmp_path / "tfds"}')
+  r = run('wsss_jax.data.voc', f'--manual_dir={tmp_path / "raw"}',
+          f'--data_dir={tmp_path / "tfds"}')
   assert r.returncode == 0, r.stderr
   assert 'train_aug: 3 examples' in r.stdout and 'val: 2 examples' in r.stdout
-  r = run('wsss_jax.data.voc', f'--manual_dir={tmp_path / "nope"}', f'--data_dir={tmp_path / "tfds2"}')
-  assert r.returncode == 1 and r.stderr.startswith('error: manual_dir') and str(tmp_path / 'nope') in r.stderr
+  r = run('wsss_jax.data.voc', f'--manual_dir={tmp_path / "nope"}',
+          f'--data_dir={tmp_path / "tfds2"}')
+  assert (r.returncode == 1 and r.stderr.startswith('error: manual_dir')
+          and str(tmp_path / 'nope') in r.stderr)

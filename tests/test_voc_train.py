@@ -17,8 +17,10 @@ import helpers
 
 
 def test_voc_smoke_train_eval_and_server_output(tmp_path):
-  fake = fake_voc.make_fake_voc(tmp_path / 'raw', n_train=6, n_val=3, n_test=3, n_sbd_extra=3, seed=2)
-  res = helpers.run('-m', 'wsss_jax.data.voc', f'--manual_dir={tmp_path / "raw"}', f'--data_dir={tmp_path / "tfds"}')
+  fake = fake_voc.make_fake_voc(tmp_path / 'raw', n_train=6, n_val=3, n_test=3, n_sbd_extra=3,
+                                seed=2)
+  res = helpers.run('-m', 'wsss_jax.data.voc', f'--manual_dir={tmp_path / "raw"}',
+                    f'--data_dir={tmp_path / "tfds"}')
   assert res.returncode == 0, res.stderr[-3000:]
   # A backbone weight file in our .npz format (the same route as converted Caffe weights).
   config = voc12_smoke.get_config()
@@ -27,7 +29,8 @@ def test_voc_smoke_train_eval_and_server_output(tmp_path):
                    mean=constants.PIXEL_MEAN, std=constants.PIXEL_STD)
   workdir = tmp_path / 'run'
   res = helpers.run('train.py', '--config=configs/voc12_smoke.py', f'--workdir={workdir}',
-             f'--config.data.data_dir={tmp_path / "tfds"}', f'--config.init_weights={tmp_path / "init.npz"}')
+                    f'--config.data.data_dir={tmp_path / "tfds"}',
+                    f'--config.init_weights={tmp_path / "init.npz"}')
   assert res.returncode == 0, res.stderr[-3000:]
   assert 'initialised conv1_1..fc7 from' in res.stdout
   lines = res.stdout.splitlines()
@@ -35,11 +38,13 @@ def test_voc_smoke_train_eval_and_server_output(tmp_path):
               if 'aeropl' in l and 'tvmoni' in l and l.rstrip().endswith('mIoU'))
   assert lines[head + 2].startswith('Roy&Todorovic') and lines[head + 2].split()[-1] == '52.8'
   report = json.load(open(workdir / 'eval_val.json'))
-  sizes = [Image.open(os.path.join(fake.root, 'VOCdevkit', 'VOC2012', 'SegmentationClass', f'{n}.png')).size
+  sizes = [Image.open(os.path.join(fake.root, 'VOCdevkit', 'VOC2012', 'SegmentationClass',
+                                   f'{n}.png')).size
            for n in fake.voc_val]
   labelled = 0
   for n in fake.voc_val:
-    m = np.asarray(Image.open(os.path.join(fake.root, 'VOCdevkit', 'VOC2012', 'SegmentationClass', f'{n}.png')))
+    m = np.asarray(Image.open(os.path.join(fake.root, 'VOCdevkit', 'VOC2012', 'SegmentationClass',
+                                           f'{n}.png')))
     labelled += int(np.sum(m != 255))
   # Every labelled val pixel counted once at its original resolution (padding ignored).
   assert np.sum(report['confusion']) == labelled and len(sizes) == 3
@@ -57,4 +62,5 @@ def test_voc_smoke_train_eval_and_server_output(tmp_path):
     assert np.array_equal(np.asarray(png), labels)  # palette indices are the labels, not colours
   with tarfile.open(workdir / 'server_test.tar.gz') as tar:
     members = sorted(m.name for m in tar.getmembers() if m.isfile())
-  assert members == sorted(f'results/VOC2012/Segmentation/comp5_test_cls/{n}.png' for n in fake.test)
+  assert members == sorted(f'results/VOC2012/Segmentation/comp5_test_cls/{n}.png'
+                           for n in fake.test)

@@ -18,8 +18,8 @@ def test_init_from_starts_at_the_shared_warmup(tmp_path):
   """A run started from another run's warm-up checkpoint (train.init_from) ends bit-identical
   to the same run trained from scratch; a run whose warm-up would differ is refused."""
   def cfg(attention, **train):
-    c = helpers.tiny_config(**{'num_steps': 4, 'warmup_steps': 2, 'checkpoint_every': 4, 'keep_checkpoints': 1,
-                 'log_every': 1, **train})
+    c = helpers.tiny_config(**{'num_steps': 4, 'warmup_steps': 2, 'checkpoint_every': 4,
+                               'keep_checkpoints': 1, 'log_every': 1, **train})
     c.model.crf.enabled = False  # (compile time; the CRF-RNN does not act in the warm-up either)
     c.model.attention.enabled = attention
     c.model.attention.neighbors = False  # (plain EB: trace time; the QP is not what this tests)
@@ -37,7 +37,8 @@ def test_init_from_starts_at_the_shared_warmup(tmp_path):
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_array_equal(x, y)
   # ... and the steps after the warm-up did use attention (Delta^S moved the parameters).
-  assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
+  assert any(not np.array_equal(x, y)
+             for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
   read = lambda w: [json.loads(line) for line in open(os.path.join(w, 'metrics.jsonl'))]
   forked_rows, b1_rows = read(forked), read(b1)
   assert [r['step'] for r in forked_rows] == [1, 2, 3, 4]
@@ -59,8 +60,8 @@ def test_init_from_shares_a_warmup_across_fcl_forms(tmp_path):
   the same run from scratch (init_from takes this run's FCL init). A warm-up through the FCL
   itself trains it, and then the forms' warm-ups differ."""
   def cfg(form, **train):
-    c = helpers.tiny_config(**{'num_steps': 4, 'warmup_steps': 2, 'checkpoint_every': 4, 'keep_checkpoints': 1,
-                 'warmup_head': 'lse', **train})
+    c = helpers.tiny_config(**{'num_steps': 4, 'warmup_steps': 2, 'checkpoint_every': 4,
+                               'keep_checkpoints': 1, 'warmup_head': 'lse', **train})
     c.model.fcl_form = form
     c.model.crf.enabled = False
     c.model.attention.enabled = False
@@ -75,7 +76,8 @@ def test_init_from_shares_a_warmup_across_fcl_forms(tmp_path):
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_array_equal(x, y)
   sig = lambda c: warmup.warmup_signature(c)
-  d = config_lib.first_difference(sig(cfg('linear', warmup_head='')), sig(cfg('lse', warmup_head='')))
+  d = config_lib.first_difference(sig(cfg('linear', warmup_head='')),
+                                  sig(cfg('lse', warmup_head='')))
   assert d is not None and 'fcl_form' in d
   bad = cfg('lse')
   bad.model.fcl_form = 'max'
@@ -99,7 +101,8 @@ def test_warmup_signature_ignores_what_acts_after_the_warmup():
   assert differs(seg_target_stride=2) is None
   assert 'lr_decay_every' in differs(lr_decay_every=5)
   # the schedule behind it: a step at 5 lowers the warm-up's last learning rate, one at 6 does not
-  lr = lambda every: float(optimizers.learning_rate_schedule(helpers.tiny_config(lr_decay_every=every))(5))
+  lr = lambda every: float(optimizers.learning_rate_schedule(
+      helpers.tiny_config(lr_decay_every=every))(5))
   assert lr(6) == lr(8) == pytest.approx(base.train.learning_rate) and lr(5) < 0.5 * lr(6)
 
 
@@ -130,7 +133,8 @@ def test_warmup_head_pretrains_through_another_head():
   for x, y in zip(jax.tree.leaves(pa['backbone']), jax.tree.leaves(pb['backbone'])):
     np.testing.assert_allclose(np.asarray(x)[0], np.asarray(y)[0], rtol=1e-5, atol=1e-7)
   assert any(not np.array_equal(np.asarray(x)[0], y) for x, y in
-             zip(jax.tree.leaves(pa['backbone']), jax.tree.leaves(jax.device_get(s_fcl.params['backbone']))))
+             zip(jax.tree.leaves(pa['backbone']),
+                 jax.tree.leaves(jax.device_get(s_fcl.params['backbone']))))
   for name in ('w', 'b'):
     np.testing.assert_array_equal(np.asarray(pa['fcl'][name])[0], init_fcl[name])
   main = step(fcl)(a, shard, rng)

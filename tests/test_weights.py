@@ -326,7 +326,8 @@ def test_pth_path_with_a_stub_torch(tmp_path, monkeypatch):
   the real round trip above runs where torch is installed (CI installs it)."""
   import types
   fake = fake_vgg(7)
-  state = {'state_dict': {'module.' + k: _StubTensor(v.astype(np.float64)) for k, v in torch_state(fake).items()}}
+  state = {'state_dict': {'module.' + k: _StubTensor(v.astype(np.float64))
+                          for k, v in torch_state(fake).items()}}
   stub = types.ModuleType('torch')
   stub.load = lambda path, map_location=None, weights_only=None: state
   monkeypatch.setitem(sys.modules, 'torch', stub)

@@ -1,7 +1,8 @@
 """Top-down attention (Sec. 4): excitation backprop (Eqs. 5-6) and the per-layer MAP (Eqs. 2-4).
 
 The marginal winning probability of a neuron i at a layer is
-    P(a_i) = sum_j p(a_i | a_j) P(a_j),  p(a_i | a_j) = w+_ij a_i / sum_{i' in C_j} w+_i'j a_i'  (Eq. 6)
+    P(a_i) = sum_j p(a_i | a_j) P(a_j),
+    p(a_i | a_j) = w+_ij a_i / sum_{i' in C_j} w+_i'j a_i'  (Eq. 6)
 walked from the class unit down the backbone's layer list. Every rule is a
 vector-Jacobian product of a forward function, so it works for any layer the
 backbone emits and is batched over images and classes:
@@ -44,7 +45,8 @@ def layer_backward(layer: backbone.Layer, params: Mapping[str, Any], a_in: jax.A
                                 a_in, p_out, eps)
   if layer.kind == 'conv':
     w = jnp.maximum(params[layer.name]['w'], 0.0)
-    return _pos_linear_backward(lambda x: backbone.conv(x, w, None, layer.dilation), a_in, p_out, eps)
+    return _pos_linear_backward(lambda x: backbone.conv(x, w, None, layer.dilation), a_in, p_out,
+                                eps)
   raise ValueError(f'no excitation-backprop rule for layer kind {layer.kind!r} ({layer.name})')
 
 
@@ -58,10 +60,12 @@ def class_signal(scores: jax.Array, fcl_weights: jax.Array | None, classes: jax.
   to 1 over positions (uniform over the map where every relu(f) of the class is 0).
   """
   a = jnp.maximum(scores, 0.0)
-  w = jnp.ones(scores.shape[1:], scores.dtype) if fcl_weights is None else jnp.maximum(fcl_weights, 0.0)
+  w = jnp.ones(scores.shape[1:], scores.dtype) if fcl_weights is None else jnp.maximum(
+      fcl_weights, 0.0)
   wa = w * a  # (B, h, w, K)
   total = jnp.sum(wa, axis=(1, 2), keepdims=True)
-  p = jnp.where(total > eps, wa / jnp.maximum(total, eps), 1.0 / (scores.shape[1] * scores.shape[2]))
+  p = jnp.where(total > eps, wa / jnp.maximum(total, eps),
+                1.0 / (scores.shape[1] * scores.shape[2]))
   onehot = jax.nn.one_hot(classes, scores.shape[-1], dtype=scores.dtype)  # (C, K) or (B, C, K)
   if onehot.ndim == 2:
     onehot = jnp.broadcast_to(onehot, (scores.shape[0],) + onehot.shape)
@@ -143,7 +147,8 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
   first = 1 if background == 'complement' else 0
   slots = k - first if max_classes is None else min(max_classes - first, k - first)
   if slots < 1:
-    raise ValueError(f'max_classes={max_classes} leaves no class to walk (background={background!r})')
+    raise ValueError(f'max_classes={max_classes} leaves no class to walk '
+                     f'(background={background!r})')
   if first == 0 and slots == k:
     classes = jnp.broadcast_to(jnp.arange(k), (b, k))
   else:
@@ -165,12 +170,14 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
       raise ValueError(f'the lateral QP needs layers on the score grid; {name} is '
                        f'{a_in.shape[1:3]}, not {(gh, gw)}: stop at pool4 or above')
     gamma = jnp.sum(p, -1)  # (B, K, h, w)
-    alpha = feedforward_weight * jnp.sum(bilateral.feedforward_term(a_in), -1)[:, None]  # (B, 1, h, w)
+    # (B, 1, h, w)
+    alpha = feedforward_weight * jnp.sum(bilateral.feedforward_term(a_in), -1)[:, None]
     bvec = (gamma + alpha).reshape(b, t, gh * gw)
     sol = qp.solve_nonneg_qp(op, -bvec, tol=qp_tol, max_iters=qp_iters)
     x = sol.x.reshape(b, t, gh, gw)
     x = x / jnp.maximum(jnp.sum(x, (2, 3), keepdims=True), 1e-12)
-    share = jnp.where(gamma[..., None] > 0, p / jnp.maximum(gamma[..., None], 1e-30), 1.0 / p.shape[-1])
+    share = jnp.where(gamma[..., None] > 0, p / jnp.maximum(gamma[..., None], 1e-30),
+                      1.0 / p.shape[-1])
     solutions[name] = (op, -bvec, sol)
     return x[..., None] * share
 
@@ -193,6 +200,7 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
     bg = jnp.clip(1.0 - jnp.max(fg, -1, keepdims=True), 0.0, 1.0) ** bg_power
     up = jnp.concatenate([bg * class_mask[:, None, None, :1], fg], -1)
   total = jnp.sum(up, -1, keepdims=True)
-  uniform = class_mask[:, None, None, :] / jnp.maximum(jnp.sum(class_mask, -1), 1)[:, None, None, None]
+  uniform = class_mask[:, None, None, :] / jnp.maximum(
+      jnp.sum(class_mask, -1), 1)[:, None, None, None]
   p_a = jnp.where(total > 1e-12, up / jnp.maximum(total, 1e-12), uniform)
   return (p_a, solutions) if return_layers else p_a

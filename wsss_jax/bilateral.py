@@ -27,7 +27,8 @@ def rgb_to_hsv(rgb: jax.Array) -> jax.Array:
   mx, mn = jnp.max(x, -1), jnp.min(x, -1)
   d = mx - mn
   safe = jnp.where(d > 0, d, 1.0)
-  h = jnp.where(mx == r, (g - b) / safe, jnp.where(mx == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+  h = jnp.where(mx == r, (g - b) / safe,
+                jnp.where(mx == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
   h = jnp.where(d > 0, (h / 6.0) % 1.0, 0.0)
   s = jnp.where(mx > 0, d / jnp.where(mx > 0, mx, 1.0), 0.0)
   return jnp.stack([h, s, mx], -1)

@@ -32,7 +32,8 @@ def checkpoint_manager(workdir: str, config, *, read_only: bool = False) -> ocp.
     keep.append(ocp.checkpoint_managers.CustomSteps([int(config.train.warmup_steps)]))
   opts = ocp.CheckpointManagerOptions(
       create=not read_only, cleanup_tmp_directories=not read_only, read_only=read_only,
-      preservation_policy=None if read_only else ocp.checkpoint_managers.AnyPreservationPolicy(keep))
+      preservation_policy=None if read_only else ocp.checkpoint_managers.AnyPreservationPolicy(
+          keep))
   return ocp.CheckpointManager(path, options=opts, item_handlers=ocp.StandardCheckpointHandler())
 
 
@@ -56,7 +57,8 @@ def check_params(params: Any, expected: Any, source: str) -> None:
   if diff:
     k = diff[0]
     parts.append(f'{k} has shape {got[k]} but the config needs {want[k]}')
-  raise ValueError(f'{source}: checkpoint architecture differs from the config ({"; ".join(parts)})')
+  raise ValueError(f'{source}: checkpoint architecture differs from the config '
+                   f'({"; ".join(parts)})')
 
 
 class _Unreadable(Exception):
@@ -74,7 +76,8 @@ def _restore_step(mngr: ocp.CheckpointManager, template, step: int):
     raise _Unreadable(f'{type(e).__name__}: {e}') from e
   tree = getattr(meta, 'tree', meta)
   if not isinstance(tree, Mapping) or 'params' not in tree:
-    raise _Unreadable(f'its metadata does not describe a wsss-jax TrainState ({type(tree).__name__})')
+    raise _Unreadable(f'its metadata does not describe a wsss-jax TrainState '
+                      f'({type(tree).__name__})')
   stored = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, jnp.float32), tree['params'])
   try:
     check_params(stored, template.params, where)
@@ -108,7 +111,8 @@ def restore_state(mngr: ocp.CheckpointManager, template, step: int | None = None
     try:
       return _restore_step(mngr, template, step)
     except _Unreadable as e:
-      raise CheckpointError(f'checkpoint step {step} in {mngr.directory} is unreadable ({e})') from None
+      raise CheckpointError(f'checkpoint step {step} in {mngr.directory} is unreadable '
+                            f'({e})') from None
   if not steps:
     raise ConfigError(f'no checkpoint in {mngr.directory}')
   for s in steps:

@@ -10,10 +10,11 @@ from absl import flags
 flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
                   'Join a multi-process run with jax.distributed.initialize(): auto = when the '
                   'flags below, JAX_COORDINATOR_ADDRESS, or a multi-task SLURM / Open MPI / '
-                  'multi-host TPU environment say so; on = always (JAX detects the cluster); off = never.')
+                  'multi-host TPU environment say so; on = always (JAX detects the cluster); '
+                  'off = never.')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process runs).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process runs).')
-flags.DEFINE_integer('process_id', None, 'This process\'s index in [0, num_processes).')
+flags.DEFINE_integer('process_id', None, "This process's index in [0, num_processes).")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -26,7 +27,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     key = str(e).strip('"\'')
     culprit = [a for a in argv[1:] if a.startswith('--config') and key and key in a]
     where = culprit[0] if culprit else ' '.join(argv[1:])
-    sys.exit(f'error: cannot apply {where}: unknown config key or bad value ({type(e).__name__}: {e})')
+    sys.exit(f'error: cannot apply {where}: unknown config key or bad value '
+             f'({type(e).__name__}: {e})')
 
 
 def config_from_flag(flag_name: str = 'config'):
@@ -63,7 +65,8 @@ def initialize_distributed() -> bool:
     return False
   if f.num_processes is not None and f.num_processes < 1:
     sys.exit(f'error: --num_processes must be >= 1, got {f.num_processes}')
-  if f.process_id is not None and f.num_processes is not None and not 0 <= f.process_id < f.num_processes:
+  if (f.process_id is not None and f.num_processes is not None
+      and not 0 <= f.process_id < f.num_processes):
     sys.exit(f'error: --process_id must be in [0, {f.num_processes}), got {f.process_id}')
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')

@@ -165,11 +165,11 @@ def _check_choices(config) -> None:
                       f"model.aggregation={m['aggregation']} does not have")
   names = [layer.name for layer in backbone.layer_specs(model.backbone_config(config))]
   if att['stop_at'] not in names:
-    raise ConfigError(f'config.model.attention.stop_at must be a backbone layer ({", ".join(names)}), '
-                      f'got {att["stop_at"]!r}')
+    raise ConfigError(f'config.model.attention.stop_at must be a backbone layer '
+                      f'({", ".join(names)}), got {att["stop_at"]!r}')
   if att['enabled'] and att['neighbors'] and names.index(att['stop_at']) < names.index('pool3'):
-    raise ConfigError(f'config.model.attention.stop_at={att["stop_at"]} is below the score grid; the '
-                      'lateral QP (neighbors=True) needs pool3 or a layer above it')
+    raise ConfigError(f'config.model.attention.stop_at={att["stop_at"]} is below the score '
+                      'grid; the lateral QP (neighbors=True) needs pool3 or a layer above it')
   if m['cls_from'] == 'crf' and not m['crf']['enabled']:
     raise ConfigError('config.model.cls_from=crf needs config.model.crf.enabled=True')
   if t['seg_target'] == 'crf' and not m['crf']['enabled']:
@@ -189,7 +189,8 @@ def validate_config(config: Mapping[str, Any]) -> None:
     raise ConfigError(f'config.train.seg_target_stride must be a positive integer dividing '
                       f'data.image_size ({config["data"]["image_size"]}), got {stride!r}')
   if not config['eval']['scales'] or any(float(x) <= 0 for x in config['eval']['scales']):
-    raise ConfigError(f'config.eval.scales must be positive numbers, got {config["eval"]["scales"]!r}')
+    raise ConfigError('config.eval.scales must be positive numbers, '
+                      f'got {config["eval"]["scales"]!r}')
   for key in ('batch_size', 'num_steps', 'checkpoint_every', 'keep_checkpoints', 'log_every'):
     if int(t[key]) < 1:
       raise ConfigError(f'config.train.{key} must be >= 1, got {t[key]}')
@@ -225,7 +226,8 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 # Keys added after the first release, with the value that reproduces the older behaviour: a
 # workdir written before them still evaluates and resumes.
-ADDED_KEYS = {'init_weights': '', 'train.nonfinite': 'skip', 'data.data_dir': '', 'data.manual_dir': '',
+ADDED_KEYS = {'init_weights': '', 'train.nonfinite': 'skip', 'data.data_dir': '',
+              'data.manual_dir': '',
               'data.train_split': 'train', 'data.crop_size': 0, 'data.scale_range': (1.0, 1.0),
               'data.flip': False, 'data.eval_size': 0, 'train.init_from': '',
               'model.attention.feedforward_weight': 1.0, 'model.attention.top_signal': 'scores',

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -27,8 +27,9 @@ from wsss_jax.config_lib import ConfigError
 from wsss_jax.parallel import AXIS, shard
 
 # The paper's Table 2 row (PASCAL VOC 2012 val, per-class IoU %), printed under ours for VOC.
-PAPER_VOC_VAL = ('Roy&Todorovic', (85.8, 65.2, 29.4, 63.8, 31.2, 37.2, 69.6, 64.3, 76.2, 21.4, 56.3, 29.8,
-                                   68.2, 60.6, 66.2, 55.8, 30.8, 66.1, 34.9, 48.8, 47.1, 52.8))
+PAPER_VOC_VAL = ('Roy&Todorovic', (85.8, 65.2, 29.4, 63.8, 31.2, 37.2, 69.6, 64.3, 76.2, 21.4, 56.3,
+                                   29.8, 68.2, 60.6, 66.2, 55.8, 30.8, 66.1, 34.9, 48.8, 47.1,
+                                   52.8))
 PART_NAMES = {'miou_cnn': 'CNN (argmax p^S)', 'miou_attention': 'attention (argmax p^A)'}
 
 
@@ -60,13 +61,15 @@ class EvalRequest:
     allowed = [k.rpartition('.')[2] for k in config_lib.declared('CRF_INFERENCE')]
     for key, _ in self.crf:
       if key not in allowed:
-        raise ConfigError(f'--crf: {key} is not a CRF-RNN inference setting (one of {tuple(allowed)})')
+        raise ConfigError(f'--crf: {key} is not a CRF-RNN inference setting '
+                          f'(one of {tuple(allowed)})')
     if self.scales is not None and (not self.scales or any(float(s) <= 0 for s in self.scales)):
       raise ConfigError(f'--scales must be positive numbers, got {self.scales}')
 
   @staticmethod
   def parse_crf(items: Sequence[str] | None) -> tuple[tuple[str, float], ...]:
-    """'key=number' items (eval.py --crf) -> ((key, value), ...); a malformed item is a ConfigError."""
+    """'key=number' items (eval.py --crf) -> ((key, value), ...); a malformed item is a
+    ConfigError."""
     out = []
     for item in items or ():
       key, sep, value = item.partition('=')
@@ -128,7 +131,8 @@ def eval_dataset(config, split: str):
 
 
 def _eval_stream(ds, config, limit):
-  """This process's share of the eval batches (padded to data.eval_size for variable-size images)."""
+  """This process's share of the eval batches (padded to data.eval_size for variable-size
+  images)."""
   return data.eval_batches(ds, config.eval.batch_size, process_index=jax.process_index(),
                            process_count=jax.process_count(), limit=limit,
                            pad_to=data.eval_pad_size(config.data))
@@ -138,8 +142,9 @@ def image_scores(params, config, split: str) -> tuple[np.ndarray, np.ndarray]:
   """Sigmoid image-level scores (N, C) of the foreground classes on `split` (the model's head) and
   its tags (N, C) as booleans, gathered over all processes."""
   ds = eval_dataset(config, split)
-  p_scores = jax.pmap(lambda p, x: jax.nn.sigmoid(model.forward(p, x, config, train=False)['image_logits'][:, 1:]),
-                      axis_name=AXIS)
+  p_scores = jax.pmap(
+      lambda p, x: jax.nn.sigmoid(model.forward(p, x, config, train=False)['image_logits'][:, 1:]),
+      axis_name=AXIS)
   rparams = jax_utils.replicate(params)
   scores, tags, valid = [], [], []
   for batch in _eval_stream(ds, config, config.eval.num_examples or None):
@@ -149,8 +154,9 @@ def image_scores(params, config, split: str) -> tuple[np.ndarray, np.ndarray]:
     valid.append(batch['valid'] > 0)
   scores, tags, valid = np.concatenate(scores), np.concatenate(tags), np.concatenate(valid)
   if jax.process_count() > 1:  # every process sees all of the split
-    scores, tags, valid = (np.asarray(multihost_utils.process_allgather(x)).reshape((-1,) + x.shape[1:])
-                           for x in (scores, tags, valid))
+    scores, tags, valid = (
+        np.asarray(multihost_utils.process_allgather(x)).reshape((-1,) + x.shape[1:])
+        for x in (scores, tags, valid))
   return scores[valid], tags[valid]
 
 
@@ -179,7 +185,8 @@ def _tags_and_threshold(params, config, split: str, class_names: Sequence[str]):
     figures = {'tag_map': float(np.nanmean(ap)),
                'tag_ap': {n: _finite(v) for n, v in zip(list(class_names)[1:], ap)}}
     print(f'image classification on {split}: mAP {100 * figures["tag_map"]:.1f} ('
-          + ', '.join(f'{n} {100 * v:.0f}' for n, v in figures['tag_ap'].items() if v is not None) + ')')
+          + ', '.join(f'{n} {100 * v:.0f}' for n, v in figures['tag_ap'].items()
+                      if v is not None) + ')')
   if e.tune_threshold:
     tune = scores if e.tune_split == split else image_scores(params, config, e.tune_split)
     threshold, f1 = tune_class_threshold(*tune)
@@ -237,15 +244,18 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
         if unlabelled:
           predictions[ds.name(int(batch['index'][i]))] = pred['final'][i, :h, :w]
         if len(shown) < config.eval.num_images:
-          shown.append([batch['image'][i, :h, :w]] + [pred[kk][i, :h, :w] for kk in ('attention', 'cnn', 'final')
-                                                      if kk in pred] + [batch['mask'][i, :h, :w]])
+          shown.append([batch['image'][i, :h, :w]]
+                       + [pred[kk][i, :h, :w] for kk in ('attention', 'cnn', 'final')
+                          if kk in pred] + [batch['mask'][i, :h, :w]])
   conf = confs.get('final', np.zeros((k, k), np.int64))
   iou = metrics.iou_per_class(conf)
   # The parts of the pipeline on their own (diagnostics: what the CRF-RNN adds to p^S, how good
   # the attention map for the predicted classes is).
-  parts = {f'miou_{name}': _finite(metrics.mean_iou(m)) for name, m in confs.items() if name != 'final'}
-  result = {'split': split, 'variant': variant, 'step': step, 'miou': _finite(metrics.mean_iou(conf)),
-            **parts, 'class_threshold': float(config.eval.class_threshold),
+  parts = {f'miou_{name}': _finite(metrics.mean_iou(m)) for name, m in confs.items()
+           if name != 'final'}
+  result = {'split': split, 'variant': variant, 'step': step,
+            'miou': _finite(metrics.mean_iou(conf)), **parts,
+            'class_threshold': float(config.eval.class_threshold),
             'class_threshold_split': config.eval.tune_split if config.eval.tune_threshold else None,
             **tag_figures,
             'model_crf': {key.rpartition('.')[2]: config_lib.get_path(config, key)
@@ -266,9 +276,11 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
   if workdir is not None and jax.process_index() == 0:
     if not unlabelled:
       reference = PAPER_VOC_VAL if config.data.name == 'voc2012' and split == 'val' else None
-      print(metrics.format_iou_table(conf, names, title=f'{config.train.mode}@{step}', reference=reference))
+      print(metrics.format_iou_table(conf, names, title=f'{config.train.mode}@{step}',
+                                     reference=reference))
       if parts:
-        print('mIoU of the parts: ' + ', '.join(f'{PART_NAMES[n]} {percent(v)}' for n, v in parts.items()))
+        print('mIoU of the parts: '
+              + ', '.join(f'{PART_NAMES[n]} {percent(v)}' for n, v in parts.items()))
     config_lib.atomic_write(os.path.join(workdir, f'eval_{suffix}.json'),
                             json.dumps(result, indent=1, allow_nan=False))
     visualize.save_grid(os.path.join(workdir, f'examples_{suffix}.png'), shown)
@@ -284,8 +296,8 @@ def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = 
   config = request.apply(config_lib.load_config(workdir))
   config_lib.validate_config(config)
   mngr = checkpointing.checkpoint_manager(workdir, config, read_only=True)
-  state = checkpointing.restore_state(mngr, state_lib.create_state(config, jax.random.key_data(jax.random.key(0))),
-                                      step)
+  state = checkpointing.restore_state(
+      mngr, state_lib.create_state(config, jax.random.key_data(jax.random.key(0))), step)
   split = split or config.eval.split
   result = evaluate(state.params, config, split, workdir=workdir, step=int(state.step),
                     variant=request.variant())

@@ -25,7 +25,8 @@ def classification_loss(logits: jax.Array, tags: jax.Array) -> jax.Array:
           + jnp.sum((1.0 - tags) * neg, -1) / jnp.maximum(n_neg, 1.0))
 
 
-def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int = IGNORE_LABEL) -> jax.Array:
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array,
+                        ignore_label: int = IGNORE_LABEL) -> jax.Array:
   """Mean softmax cross-entropy over labelled pixels, per image: (N, H, W, K), (N, H, W) -> (N,).
 
   Used only by the fully supervised oracle; pixels equal to `ignore_label` are skipped.
@@ -71,8 +72,8 @@ def training_loss(params, batch, rng, config):
   out = model.segment(params, batch['image'], config, tags, train=True, rng=rng)
   image_logits = out['image_logits']
   if config.model.cls_from == 'crf':
-    image_logits = model.image_logits(params, model.downsample(out['crf_logits'], out['scores'].shape[1:3]),
-                                      config)
+    image_logits = model.image_logits(
+        params, model.downsample(out['crf_logits'], out['scores'].shape[1:3]), config)
   cls_loss = jnp.mean(classification_loss(image_logits, tags))
   terms, telemetry = {'cls_loss': cls_loss}, {}
   loss = cls_loss
@@ -86,9 +87,11 @@ def training_loss(params, batch, rng, config):
     target = out['attention']
     if config.train.seg_target == 'crf':  # p^A snapped to image edges by the CRF-RNN's mean field
       stride = int(config.train.seg_target_stride)
-      target, size = model.refine_attention(params, batch['image'], out['attention'], config, stride)
+      target, size = model.refine_attention(params, batch['image'], out['attention'], config,
+                                            stride)
       if cap:
-        fills.append(size / model.target_lattice_capacity(config, stride, batch['image'].shape[1:3]))
+        fills.append(size / model.target_lattice_capacity(config, stride,
+                                                          batch['image'].shape[1:3]))
     seg_loss = jnp.mean(segmentation_loss(target, seg, tags))
     terms['seg_loss'] = seg_loss
     loss = loss + lam * seg_loss

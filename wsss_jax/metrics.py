@@ -70,7 +70,8 @@ def format_iou_table(conf: np.ndarray, class_names: list[str], title: str = 'met
   last; `reference` = (title, IoUs in % with the mean last) adds a row to compare with."""
   iou = iou_per_class(conf)
   names = [n[:6] for n in class_names] + ['mIoU']
-  vals = [f'{100 * v:.1f}' if not np.isnan(v) else '-' for v in iou] + [f'{100 * mean_iou(conf):.1f}']
+  vals = [f'{100 * v:.1f}' if not np.isnan(v) else '-'
+          for v in iou] + [f'{100 * mean_iou(conf):.1f}']
   width = max(6, *(len(n) for n in names))
   row = lambda t, vs: f'{t[:14]:<14}' + ''.join(f'{v:>{width + 1}}' for v in vs)
   lines = [row('', names), row(title, vals)]

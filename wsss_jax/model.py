@@ -79,19 +79,23 @@ def attention_map(params, activations, images, class_mask, config) -> jax.Array:
   """p^A (B, H, W, K) for the classes in class_mask, from one forward pass's activations."""
   a = config['model']['attention']
   fcl = params.get('fcl')
-  fcl_w = None if fcl is None else aggregation.fcl_positional_weights(fcl, config['model']['fcl_form'])
+  fcl_w = None if fcl is None else aggregation.fcl_positional_weights(
+      fcl, config['model']['fcl_form'])
   grid = activations['fc8'].shape[1:3]
-  if fcl_w is not None and fcl_w.shape[:2] != grid:  # inference on a larger image (see image_logits)
+  # inference on a larger image (see image_logits)
+  if fcl_w is not None and fcl_w.shape[:2] != grid:
     fcl_w = jax.image.resize(fcl_w, grid + fcl_w.shape[2:], 'linear')
   return attention.attention_maps(
       params['backbone'], activations, backbone_config(config), images, fcl_w, class_mask,
       neighbors=a['neighbors'], lateral=a['lateral'],
       eps=a['eps'], radius=a['radius'], qp_tol=a['qp_tol'], qp_iters=a['qp_iters'],
       stop_at=a['stop_at'], max_classes=a['max_classes'] or None, background=a['background'],
-      bg_power=a['bg_power'], feedforward_weight=a['feedforward_weight'], top_signal=a['top_signal'])
+      bg_power=a['bg_power'], feedforward_weight=a['feedforward_weight'],
+      top_signal=a['top_signal'])
 
 
-def image_logits(params: Mapping[str, Any], scores: jax.Array, config: Mapping[str, Any]) -> jax.Array:
+def image_logits(params: Mapping[str, Any], scores: jax.Array,
+                 config: Mapping[str, Any]) -> jax.Array:
   """The aggregation head on score maps (B, h, w, K) -> image logits (B, K)."""
   m = config['model']
   agg_in = jax.nn.log_softmax(scores, -1) if m['aggregate_input'] == 'log_softmax' else scores
@@ -99,7 +103,8 @@ def image_logits(params: Mapping[str, Any], scores: jax.Array, config: Mapping[s
     # The FCL has a weight per position of the training crop's score grid; a larger image
     # at inference (VOC val at full size) is classified from its scores resized to that grid.
     agg_in = downsample(agg_in, params['fcl']['w'].shape[:2])
-  return aggregation.aggregate(m['aggregation'], params.get('fcl'), agg_in, m['lse_r'], m['fcl_form'])
+  return aggregation.aggregate(m['aggregation'], params.get('fcl'), agg_in, m['lse_r'],
+                               m['fcl_form'])
 
 
 def downsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -149,7 +154,8 @@ def target_lattice_capacity(config: Mapping[str, Any], stride: int,
   if stride == 1:
     return cap or None
   h, w = size
-  worst = (h // stride) * (w // stride) * 6  # the RGB bilateral lattice: d + 1 = 6 vertices per point
+  # the RGB bilateral lattice: d + 1 = 6 vertices per point
+  worst = (h // stride) * (w // stride) * 6
   return min(worst, cap // stride) if cap else worst
 
 
@@ -206,7 +212,8 @@ def _multiscale_p_s(params, images, config, p_s):
         views.append(p_s)
         continue
       size = (max(8, round(h * float(scale))), max(8, round(w * float(scale))))
-      im = jax.image.resize(images.astype(jnp.float32), (images.shape[0],) + size + (3,), 'bilinear')
+      im = jax.image.resize(images.astype(jnp.float32), (images.shape[0],) + size + (3,),
+                            'bilinear')
       im = im[:, :, ::-1] if flip else im
       scores = backbone.apply(params['backbone'], preprocess(im), cfg=backbone_config(config),
                               train=False)
@@ -215,7 +222,8 @@ def _multiscale_p_s(params, images, config, p_s):
   return sum(views) / len(views)
 
 
-def infer(params: Mapping[str, Any], images: jax.Array, config: Mapping[str, Any]) -> dict[str, jax.Array]:
+def infer(params: Mapping[str, Any], images: jax.Array,
+          config: Mapping[str, Any]) -> dict[str, jax.Array]:
   """Inference without tags (Sec. 7): classes predicted from the image scores
   (eval.class_threshold), attention for them (unless eval.attention is False: B6), CRF-RNN,
   optional dense-CRF post-processing (eval.dense_crf: B5) and multi-scale/flip averaging of p^S.

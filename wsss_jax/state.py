@@ -16,5 +16,6 @@ class TrainState(train_state.TrainState):
 def create_state(config, key: jax.Array) -> TrainState:
   """Fresh parameters and optimizer state for `config` from raw key data `key`."""
   params = model.init_params(jax.random.fold_in(key, 0), config)
-  tx = optimizers.make_optimizer(config, fcl_frozen_in_warmup=warmup.warmup_trains_other_head(config))
+  tx = optimizers.make_optimizer(config,
+                                 fcl_frozen_in_warmup=warmup.warmup_trains_other_head(config))
   return TrainState.create(apply_fn=None, params=params, tx=tx, rng=jax.random.fold_in(key, 1))

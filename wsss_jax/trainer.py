@@ -22,10 +22,20 @@ import numpy as np
 from flax import jax_utils
 from tqdm.auto import tqdm
 
-from wsss_jax import checkpointing, config_lib, data, evaluation, losses, optimizers, warmup, weights
+from wsss_jax import (
+  checkpointing,
+  config_lib,
+  data,
+  evaluation,
+  losses,
+  optimizers,
+  warmup,
+  weights,
+)
 from wsss_jax.config_lib import ConfigError, NonFiniteError
 from wsss_jax.parallel import AXIS, replicate, shard, step_rngs
 from wsss_jax.state import TrainState, create_state
+
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: train.py's status after a preemption save (rerun to resume)
 
 
@@ -112,9 +122,11 @@ class MetricsWindow:
       first, row = bad[0]
       terms = ', '.join(f'{k}={v:.4g}' for k, v in row.items() if k != 'nonfinite')
       if config.train.nonfinite == 'stop':
-        raise NonFiniteError(f'non-finite loss or gradient at step {first} ({terms}); its update was '
-                             f'not applied and no checkpoint after step {first - 1} was written')
-      print(f'warning: skipped {len(bad)} non-finite step(s) up to step {step}, first {first} ({terms})')
+        raise NonFiniteError(f'non-finite loss or gradient at step {first} ({terms}); '
+                             'its update was not applied and no checkpoint after step '
+                             f'{first - 1} was written')
+      print(f'warning: skipped {len(bad)} non-finite step(s) up to step {step}, '
+            f'first {first} ({terms})')
 
 
 class PreemptionGuard:
@@ -180,7 +192,8 @@ def _initial_state(config, workdir: str, mngr) -> TrainState:
   elif config.init_weights:
     try:  # ImageNet VGG-16 for conv1_1..fc7 (Sec. 7); fc8, FCL and CRF keep their init
       state = state.replace(params=dict(
-          state.params, backbone=weights.init_backbone(state.params['backbone'], config.init_weights)))
+          state.params,
+          backbone=weights.init_backbone(state.params['backbone'], config.init_weights)))
     except weights.WeightsError as e:
       raise ConfigError(str(e)) from None
     print(f'initialised conv1_1..fc7 from {config.init_weights}')
@@ -249,7 +262,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointing.save_state(mngr, jax_utils.unreplicate(rstate))
     checkpointing.finish_saves(mngr)
     mngr.close()
-    print(f'preempted: saved a checkpoint at step {done} in {workdir}; rerun the same command to resume')
+    print(f'preempted: saved a checkpoint at step {done} in {workdir}; '
+          'rerun the same command to resume')
     return {'preempted': True, 'step': done}
   checkpointing.finish_saves(mngr)
   params = jax_utils.unreplicate(rstate).params

@@ -51,7 +51,8 @@ def warmup_signature(config) -> dict[str, Any]:
     config_lib.pop_path(sig, key)
   other_head = warmup_trains_other_head(config)
   sig['model']['crf_enabled'] = bool(config.model.crf.enabled)  # whether the CRF-RNN has parameters
-  sig['model']['fcl_params'] = config.model.aggregation == 'fcl'  # the parameter tree (and decay mask)
+  # the parameter tree (and decay mask)
+  sig['model']['fcl_params'] = config.model.aggregation == 'fcl'
   sig['model']['fcl_decay'] = not other_head
   if other_head:  # the FCL gets no step in the warm-up: it ends at its init, which
     sig['train'].pop('fcl_lr_scale')  # init_from_warmup takes from this run's form
@@ -68,11 +69,12 @@ def init_from_warmup(config, template):
   src = config.train.init_from
   step = int(config.train.warmup_steps)
   if step <= 0:
-    raise ConfigError('config.train.init_from needs config.train.warmup_steps > 0 (it shares the warm-up)')
+    raise ConfigError('config.train.init_from needs config.train.warmup_steps > 0 '
+                      '(it shares the warm-up)')
   other = config_lib.load_config(src)
   diff = config_lib.first_difference(warmup_signature(other), warmup_signature(config))
   if diff is not None:
-    raise ConfigError(f'config.train.init_from={src}: that run\'s warm-up differs from this one\'s '
+    raise ConfigError(f"config.train.init_from={src}: that run's warm-up differs from this one's "
                       f'in {diff}')
   mngr = checkpointing.checkpoint_manager(src, other, read_only=True)
   try:

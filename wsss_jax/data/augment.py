@@ -40,7 +40,8 @@ def rescale(example: Mapping[str, Any], factor: float) -> dict[str, Any]:
   nh, nw = max(1, int(round(h * factor))), max(1, int(round(w * factor)))
   if (nh, nw) == (h, w):
     return out
-  out['image'] = np.asarray(Image.fromarray(example['image']).resize((nw, nh), Image.Resampling.BILINEAR))
+  out['image'] = np.asarray(
+      Image.fromarray(example['image']).resize((nw, nh), Image.Resampling.BILINEAR))
   if 'mask' in example:
     m = Image.fromarray(np.asarray(example['mask']).astype(np.uint8))  # labels are 0..20 and 255
     out['mask'] = np.asarray(m.resize((nw, nh), Image.Resampling.NEAREST)).astype(np.int32)

@@ -29,8 +29,10 @@ from PIL import Image
 from wsss_jax.constants import IGNORE_LABEL
 from wsss_jax.data.voc_files import CLASS_NAMES, NUM_CLASSES, PALETTE
 
-# Relative (height, width) of successive images: square, wide, tall, and two smaller than a 48 px crop.
-SIZE_FACTORS = ((1.0, 1.0), (0.8, 1.25), (1.3, 0.75), (0.4, 0.5), (1.1, 1.6), (0.7, 0.45), (1.0, 0.8))
+# Relative (height, width) of successive images: square, wide, tall, and two smaller than a 48 px
+# crop.
+SIZE_FACTORS = ((1.0, 1.0), (0.8, 1.25), (1.3, 0.75), (0.4, 0.5), (1.1, 1.6), (0.7, 0.45),
+                (1.0, 0.8))
 DEFAULT_CLASSES = (1, 8, 12, 15, 20)  # aeroplane, cat, dog, person, tvmonitor
 
 
@@ -46,7 +48,8 @@ class FakeVOC:
   aug_names: list[str]  # images with a PNG in SegmentationClassAug (empty without aug_png)
   voc_masks: dict[str, np.ndarray]  # SegmentationClass (with 255 boundaries)
   sbd_masks: dict[str, np.ndarray]  # SBD .mat / SegmentationClassAug PNG (no boundaries)
-  tags: dict[str, np.ndarray]  # (20,) multi-hot of the objects in the XML (= classes drawn and visible)
+  tags: dict[str, np.ndarray]  # (20,) multi-hot of the objects in the XML (= classes drawn
+                               # and visible)
   sizes: dict[str, tuple[int, int]]  # (height, width)
   class_colours: dict[int, tuple[int, int, int]]
   aug_dir: str | None
@@ -160,7 +163,8 @@ def make_fake_voc(root: str | os.PathLike, *, n_train: int = 4, n_val: int = 3, 
   out = FakeVOC(root=root, voc_train=voc_train, voc_val=voc_val, test=test,
                 sbd_train=sbd_train if sbd else [], sbd_val=sbd_val if sbd else [], aug_names=[],
                 voc_masks={}, sbd_masks={}, tags={}, sizes={},
-                class_colours={c: tuple(int(v) for v in col) for c, col in colours.items()}, aug_dir=aug_dir)
+                class_colours={c: tuple(int(v) for v in col) for c, col in colours.items()},
+                aug_dir=aug_dir)
   in_sbd = set(sbd_train) | set(sbd_val)
   for k, name in enumerate(sorted(names)):
     fh, fw = SIZE_FACTORS[k % len(SIZE_FACTORS)]
@@ -176,7 +180,8 @@ def make_fake_voc(root: str | os.PathLike, *, n_train: int = 4, n_val: int = 3, 
     # Images: VOC JPEGImages holds every image except the last SBD-only one (when SBD has it).
     only_sbd = sbd and name == extra[-1] if extra else False
     if not only_sbd:
-      Image.fromarray(img).save(os.path.join(voc, 'JPEGImages', name + '.jpg'), quality=jpeg_quality)
+      Image.fromarray(img).save(os.path.join(voc, 'JPEGImages', name + '.jpg'),
+                                quality=jpeg_quality)
     if sbd and name in in_sbd:
       Image.fromarray(img).save(os.path.join(sbd_dir, 'img', name + '.jpg'), quality=jpeg_quality)
     # Annotations: test XMLs list no objects (the test labels are withheld).
@@ -192,7 +197,8 @@ def make_fake_voc(root: str | os.PathLike, *, n_train: int = 4, n_val: int = 3, 
         import scipy.io  # pylint: disable=import-outside-toplevel
         present = np.array(sorted(set(np.unique(label).tolist()) - {0}), np.uint8)
         scipy.io.savemat(os.path.join(sbd_dir, 'cls', name + '.mat'),
-                         {'GTcls': {'Segmentation': label.astype(np.uint8), 'CategoriesPresent': present,
+                         {'GTcls': {'Segmentation': label.astype(np.uint8),
+                                    'CategoriesPresent': present,
                                     'Boundaries': np.zeros((NUM_CLASSES, 1), object)}},
                          do_compression=True)
       if aug_png:
@@ -213,8 +219,10 @@ def make_fake_voc(root: str | os.PathLike, *, n_train: int = 4, n_val: int = 3, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog='python -m wsss_jax.data.fake_voc', description=__doc__.split('\n\n')[0])
-  p.add_argument('--root', required=True, help='directory to write VOCdevkit/ and benchmark_RELEASE/ into')
+  p = argparse.ArgumentParser(prog='python -m wsss_jax.data.fake_voc',
+                              description=__doc__.split('\n\n')[0])
+  p.add_argument('--root', required=True,
+                 help='directory to write VOCdevkit/ and benchmark_RELEASE/ into')
   p.add_argument('--n_train', type=int, default=4)
   p.add_argument('--n_val', type=int, default=3)
   p.add_argument('--n_test', type=int, default=2)
@@ -227,8 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   fake = make_fake_voc(a.root, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test,
                        n_sbd_extra=a.n_sbd_extra, sbd=not a.no_sbd, aug_png=a.aug_png, seed=a.seed,
                        size=tuple(a.size))
-  print(f'wrote {fake.root}: {len(fake.voc_train)} train, {len(fake.voc_val)} val, {len(fake.test)} test, '
-        f'{len(fake.sbd_train)}+{len(fake.sbd_val)} SBD, {len(fake.aug_names)} SegmentationClassAug')
+  print(f'wrote {fake.root}: {len(fake.voc_train)} train, {len(fake.voc_val)} val, '
+        f'{len(fake.test)} test, {len(fake.sbd_train)}+{len(fake.sbd_val)} SBD, '
+        f'{len(fake.aug_names)} SegmentationClassAug')
   return 0
 
 

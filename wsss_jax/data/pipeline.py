@@ -19,11 +19,10 @@ from typing import Any, Callable, Iterator, Mapping
 import grain
 import numpy as np
 
+from wsss_jax.constants import IGNORE_LABEL
 from wsss_jax.data import augment as augment_lib
 from wsss_jax.data.augment import DataError, TrainAugment
 from wsss_jax.data.synthetic import SyntheticWSSS
-
-from wsss_jax.constants import IGNORE_LABEL
 
 
 def make_dataset(data_cfg: Mapping[str, Any], split: str):
@@ -35,7 +34,8 @@ def make_dataset(data_cfg: Mapping[str, Any], split: str):
   """
   name = data_cfg['name']
   if name == 'synthetic':
-    sizes = {'train': data_cfg['train_size'], 'val': data_cfg['val_size'], 'test': data_cfg['test_size']}
+    sizes = {'train': data_cfg['train_size'], 'val': data_cfg['val_size'],
+             'test': data_cfg['test_size']}
     if split not in sizes:
       raise DataError(f'unknown split {split!r}; synthetic data has {sorted(sizes)}')
     return SyntheticWSSS(split, sizes[split], image_size=data_cfg['image_size'],
@@ -68,7 +68,8 @@ def train_augment(data_cfg: Mapping[str, Any]) -> TrainAugment | None:
     _required(data_cfg, 'crop_size'), _required(data_cfg, 'scale_range')
     if data_cfg.get('flip') is None:
       raise DataError('config.data.flip is not set: a voc2012 config states it')
-  return TrainAugment.from_config({k: data_cfg.get(k) for k in ('crop_size', 'scale_range', 'flip')})
+  return TrainAugment.from_config({k: data_cfg.get(k)
+                                   for k in ('crop_size', 'scale_range', 'flip')})
 
 
 def eval_pad_size(data_cfg: Mapping[str, Any]) -> tuple[int, int] | None:
@@ -84,7 +85,8 @@ def eval_pad_size(data_cfg: Mapping[str, Any]) -> tuple[int, int] | None:
 
 def train_batches(dataset, *, global_batch: int, seed: int, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1, num_threads: int = 2,
-                  augment: Callable[[dict, np.random.Generator], dict] | Mapping[str, Any] | None = None
+                  augment: Callable[[dict, np.random.Generator], dict] | Mapping[str, Any]
+                           | None = None
                   ) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator over this process's share of the global batches, from `start_step`.
 

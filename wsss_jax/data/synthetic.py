@@ -44,7 +44,8 @@ import numpy as np
 
 CLASS_NAMES = ('ant', 'bee', 'cat', 'dog', 'eel', 'fox', 'gnu', 'hen')
 PART_COLOURS = np.array([[230, 30, 30], [30, 200, 40], [40, 70, 235], [240, 220, 20],
-                         [220, 40, 220], [30, 220, 220], [250, 140, 10], [250, 250, 250]], np.float32)
+                         [220, 40, 220], [30, 220, 220], [250, 140, 10], [250, 250, 250]],
+                        np.float32)
 # Body families: base colour, stripe colour offset, stripe period (px at 64 px), superellipse
 # exponent, aspect ratio.
 FAMILIES = (
@@ -83,7 +84,8 @@ class SyntheticWSSS:
     self._yy, self._xx = np.mgrid[0:s, 0:s].astype(np.float32)
     bank_rng = np.random.default_rng([self.seed, 99])
     self._textures = self._make_textures(bank_rng, 8)
-    # Pixel noise is cropped from one pre-drawn field: drawing it per image costs more than the rest.
+    # Pixel noise is cropped from one pre-drawn field: drawing it per image costs more than the
+    # rest.
     self._noise = bank_rng.standard_normal((2 * s, 2 * s, 3), dtype=np.float32)
 
   def _make_textures(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -178,13 +180,15 @@ class SyntheticWSSS:
       phase = (self._xx[box] * np.cos(theta + 1.0) + self._yy[box] * np.sin(theta + 1.0)) * freq
       on = np.sin(phase[body] + d.uniform(0, 2 * np.pi)) > 0
       col = np.array(colour, np.float32) + d.normal(10, 3)
-      sign = 1.0 if cls % 2 else -1.0  # light stripes for the first class of a family, dark for the second
+      # light stripes for the first class of a family, dark for the second
+      sign = 1.0 if cls % 2 else -1.0
       img[box][body] = col + on[:, None] * (sign * np.array(stripe, np.float32))
       mask[box][body] = cls
       part_mask[box][body] = 0
       pr = max(1.5, self.part_scale * b)
       off = a - 1.2 * pr
-      pbox, part = self._shape_mask(cy + off * np.sin(theta), cx + off * np.cos(theta), pr, pr, 0.0, 2)
+      pbox, part = self._shape_mask(cy + off * np.sin(theta), cx + off * np.cos(theta), pr, pr,
+                                    0.0, 2)
       part &= mask[pbox] == cls
       img[pbox][part] = PART_COLOURS[cls - 1]
       part_mask[pbox][part] = cls
@@ -202,7 +206,8 @@ class SyntheticWSSS:
 
 
 class _Draws:
-  """Consumes one pre-drawn block of uniforms and normals: one generator call per image instead of ~60."""
+  """Consumes one pre-drawn block of uniforms and normals: one generator call per image instead
+  of ~60."""
 
   def __init__(self, uniforms: np.ndarray, normals: np.ndarray):
     self._u, self._n, self._i, self._j = uniforms, normals, 0, 0

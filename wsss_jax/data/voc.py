@@ -40,10 +40,24 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from wsss_jax.constants import IGNORE_LABEL
-from wsss_jax.data.voc_files import (AUG_HINT, CLASS_NAMES, NUM_CLASSES, PALETTE,  # noqa: F401
-                                     SBD_URL, VOC_TEST_URL, VOC_URL, DatasetError, DatasetWarning,
-                                     Layout, decode_image, decode_mask, find_layout, make_example,
-                                     read_list, train_aug_names)
+from wsss_jax.data.voc_files import (  # noqa: F401
+  AUG_HINT,
+  CLASS_NAMES,
+  NUM_CLASSES,
+  PALETTE,
+  SBD_URL,
+  VOC_TEST_URL,
+  VOC_URL,
+  DatasetError,
+  DatasetWarning,
+  Layout,
+  decode_image,
+  decode_mask,
+  find_layout,
+  make_example,
+  read_list,
+  train_aug_names,
+)
 
 DATASET_NAME = 'voc2012_wsss'
 _log = logging.getLogger(__name__)
@@ -67,7 +81,7 @@ Extract into the manual dir (the directory holding VOCdevkit/, or VOCdevkit/, or
   * {SBD_URL} -> benchmark_RELEASE/dataset/{{img,cls,train.txt,val.txt}} next to VOCdevkit/,
     {AUG_HINT}, unpacked to VOC2012/SegmentationClassAug/ (or next to VOC2012/).
   * optional, for the test split: {VOC_TEST_URL}, extracted over the same VOCdevkit/.
-"""
+"""  # noqa: E501
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
@@ -161,7 +175,8 @@ class VOCSource:
     image = decode_image(rec['image'], label)
     h, w = int(rec['height']), int(rec['width'])
     if image.shape[:2] != (h, w):
-      raise DatasetError(f'{label}: decoded image is {image.shape[0]}x{image.shape[1]}, record says {h}x{w}')
+      raise DatasetError(f'{label}: decoded image is {image.shape[0]}x{image.shape[1]}, '
+                         f'record says {h}x{w}')
     if len(rec['mask']):
       mask = decode_mask(rec['mask'], label)
       if mask.shape != (h, w):
@@ -173,7 +188,8 @@ class VOCSource:
 
 
 def load(data_dir: str | os.PathLike, split: str, *, manual_dir: str | None = None) -> VOCSource:
-  """The random-access source of a built split; a DatasetError with the build command if it is not built."""
+  """The random-access source of a built split; a DatasetError with the build command if it is
+  not built."""
   data_dir = os.fspath(data_dir) if data_dir else None
   if not data_dir:
     raise DatasetError(f'config.data.data_dir is not set; build the dataset with: '
@@ -190,7 +206,8 @@ def load(data_dir: str | os.PathLike, split: str, *, manual_dir: str | None = No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m wsss_jax.data.voc', description=__doc__.split('\n\n')[0])
+  parser = argparse.ArgumentParser(prog='python -m wsss_jax.data.voc',
+                                   description=__doc__.split('\n\n')[0])
   parser.add_argument('--manual_dir', required=True,
                       help='directory holding VOCdevkit/ and benchmark_RELEASE/')
   parser.add_argument('--data_dir', required=True, help='TFDS data dir to write voc2012_wsss/ into')

@@ -49,7 +49,8 @@ class DatasetWarning(UserWarning):
 # ---------------------------------------------------------------------------------------------
 # Masks: palette PNGs hold class indices; read them as indices, never as colours.
 
-_COLOUR_TO_INDEX = {(int(r) << 16) | (int(g) << 8) | int(b): i for i, (r, g, b) in enumerate(PALETTE)}
+_COLOUR_TO_INDEX = {(int(r) << 16) | (int(g) << 8) | int(b): i
+                    for i, (r, g, b) in enumerate(PALETTE)}
 
 
 def decode_mask(png_bytes: bytes, name: str = 'mask') -> np.ndarray:
@@ -146,7 +147,8 @@ class Layout:
     return None
 
   def mask_path(self, name: str) -> str | None:
-    """VOC SegmentationClass first (it has the 255 boundaries), then SegmentationClassAug, then SBD."""
+    """VOC SegmentationClass first (it has the 255 boundaries), then SegmentationClassAug,
+    then SBD."""
     for p in (os.path.join(self.voc, 'SegmentationClass', name + '.png'),
               self.aug and os.path.join(self.aug, name + '.png'),
               self.sbd and os.path.join(self.sbd, 'cls', name + '.mat')):
@@ -211,8 +213,9 @@ def find_layout(manual_dir: str | os.PathLike | None) -> Layout:
   if sbd is None and aug is None:
     raise DatasetError(
         'the train_aug masks are missing: no SBD release (looked for '
-        f'{", ".join(os.path.join(b, "benchmark_RELEASE") for b in bases)}) and no SegmentationClassAug '
-        f'folder (looked for {", ".join(aug_candidates)}). Extract {SBD_URL} next to VOCdevkit, {AUG_HINT}')
+        f'{", ".join(os.path.join(b, "benchmark_RELEASE") for b in bases)}) and no '
+        f'SegmentationClassAug folder (looked for {", ".join(aug_candidates)}). '
+        f'Extract {SBD_URL} next to VOCdevkit, {AUG_HINT}')
   return Layout(voc=voc, sbd=sbd, aug=aug)
 
 
