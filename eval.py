@@ -25,6 +25,8 @@ flags.DEFINE_bool('flip', None, 'Also average horizontal flips (default: config)
 flags.DEFINE_float('class_threshold', None, 'Sigmoid score above which a class is predicted.')
 flags.DEFINE_list('crf', None, 'CRF-RNN inference settings, e.g. iters=10,sigma_z=28.3 (keys: '
                   'iters, sigma_z, sigma_r, bilateral_weight, spatial_weight, spatial_sxy).')
+flags.DEFINE_bool('partial_archive', False, 'VOC test split: write server_test_PARTIAL.tar.gz even '
+                  'when test images listed by the devkit are missing from the dataset.')
 
 
 def main(argv):
@@ -36,7 +38,8 @@ def main(argv):
     request = evaluation.EvalRequest(
         attention=FLAGS.attention, dense_crf=FLAGS.dense_crf,
         scales=tuple(float(x) for x in FLAGS.scales) if FLAGS.scales else None, flip=FLAGS.flip,
-        class_threshold=FLAGS.class_threshold, crf=evaluation.EvalRequest.parse_crf(FLAGS.crf))
+        class_threshold=FLAGS.class_threshold, crf=evaluation.EvalRequest.parse_crf(FLAGS.crf),
+        partial_archive=FLAGS.partial_archive)
     evaluation.evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.step, request)
   except (config_lib.RunError, data.DataError) as e:
     sys.exit(f'error: {e}')

@@ -88,8 +88,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.attention.stop_at = 'pool4'
   config.model.attention.gradient = 'stop'   # stop (p^A is a target) |
                                              # through (QP's implicit grads)
-  config.model.attention.max_classes = 4     # classes walked per image (<= 3 tags + background);
-                                             # 0: all
+  # Classes walked per image, background included (a static bound: the walk and QP cost scale
+  # with it). 0: the data's bound, the most tags an image of the training split has, plus one
+  # (synthetic: generator.max_objects + 1; VOC: recorded by the dataset builder). A training
+  # image with more tags than the bound is an error naming it; at inference the predicted
+  # classes are the best-scoring ones within the bound.
+  config.model.attention.max_classes = 0
   config.model.attention.background = 'complement'  # p^A(bg) = (1 - max fg)^bg_power |
                                                     # walk (own EB)
   config.model.attention.bg_power = 1.0

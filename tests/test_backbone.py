@@ -1,4 +1,6 @@
 """DeepLab-LargeFOV topology, shapes and layer semantics against independent references."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,17 +66,28 @@ def _np_conv(x, w, b, dil):
   return out + b
 
 
+def _caffe_pooled_size(size, stride, kernel=3, pad=1):
+  """caffe/src/caffe/layers/pooling_layer.cpp, Reshape: ceil mode, then the last window may not
+  start in the padding."""
+  out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
+  if pad and (out - 1) * stride >= size + pad:
+    out -= 1
+  return out
+
+
 def _np_pool(x, stride, op):
-  """Caffe 3x3 pooling with padding 1; AVE divides by 9 including padded cells."""
+  """Caffe 3x3 pooling with padding 1 (pooling_layer.cpp, Forward_cpu): MAX over the window
+  clipped to the input; AVE divides by the window's cells inside [-pad, size + pad)."""
   n, h, w, c = x.shape
-  fill = -np.inf if op == 'max' else 0.0
-  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=fill)
-  oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+  oh, ow = _caffe_pooled_size(h, stride), _caffe_pooled_size(w, stride)
   out = np.zeros((n, oh, ow, c))
   for i in range(oh):
     for j in range(ow):
-      win = xp[:, i * stride:i * stride + 3, j * stride:j * stride + 3]
-      out[:, i, j] = win.max((1, 2)) if op == 'max' else win.sum((1, 2)) / 9
+      hs, ws = i * stride - 1, j * stride - 1
+      he, we = min(hs + 3, h + 1), min(ws + 3, w + 1)
+      size = (he - hs) * (we - ws)
+      win = x[:, max(hs, 0):min(he, h), max(ws, 0):min(we, w)]
+      out[:, i, j] = win.max((1, 2)) if op == 'max' else win.sum((1, 2)) / size
   return out
 
 
@@ -87,16 +100,18 @@ def test_dilated_conv_matches_numpy(dil):
   np.testing.assert_allclose(got, _np_conv(x, w, b, dil), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('stride', [1, 2])
-def test_pools_match_caffe_semantics(stride):
-  x = np.random.default_rng(1).normal(size=(1, 7, 5, 2))
+@pytest.mark.parametrize('stride, shape', [(1, (1, 7, 5, 2)), (2, (1, 7, 5, 2)), (2, (1, 8, 6, 2)),
+                                           (2, (2, 10, 7, 3))])
+def test_pools_match_caffe_semantics(stride, shape):
+  x = np.random.default_rng(1).normal(size=shape)
   np.testing.assert_allclose(backbone.max_pool(jnp.asarray(x), 3, stride),
                              _np_pool(x, stride, 'max'), rtol=1e-6)
   np.testing.assert_allclose(backbone.avg_pool(jnp.asarray(x), 3, stride),
                              _np_pool(x, stride, 'avg'), rtol=1e-5)
 
 
-@pytest.mark.parametrize('stride, shape', [(1, (2, 6, 5, 3)), (2, (2, 7, 8, 3)), (2, (1, 9, 9, 2))])
+@pytest.mark.parametrize('stride, shape', [(1, (2, 6, 5, 3)), (2, (2, 7, 8, 3)), (2, (1, 9, 9, 2)),
+                                           (2, (1, 8, 10, 2))])
 def test_max_pool_gradient_goes_to_the_first_maximum(stride, shape):
   """The hand-written VJP (XLA's CPU select_and_scatter is slow) against a float64 loop: each
   output's cotangent goes to the first maximal cell of its window in scan order, ties included."""
@@ -125,3 +140,33 @@ def test_one_by_one_conv_matches_numpy():
   got = backbone.conv(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32),
                       jnp.asarray(b, jnp.float32))
   np.testing.assert_allclose(got, _np_conv(x, w, b, 1), rtol=1e-4, atol=1e-4)
+
+
+def test_output_sizes_follow_caffe_for_every_input_from_64_to_520():
+  """Every pooling layer's output, and so the score map, has Caffe's size on odd and even inputs
+  (DeepLab's 321 -> 41 and 513 -> 65; 512 -> 65 too, not 64). Convolutions keep sizes: checked
+  through the whole network on some sizes."""
+  cfg = backbone.BackboneConfig(num_classes=3, width=0.0625, depth=(1, 1, 1, 1, 1), fc6_dilation=1)
+  pools = [l for l in backbone.layer_specs(cfg) if l.kind in ('maxpool', 'avgpool')]
+
+  def pooled(x):
+    out = []
+    for layer in pools:
+      pool = backbone.max_pool if layer.kind == 'maxpool' else backbone.avg_pool
+      x = pool(x, layer.kernel, layer.stride)
+      out.append(x)
+    return out
+
+  for side in range(64, 521):
+    shapes = jax.eval_shape(pooled, jax.ShapeDtypeStruct((1, side, side + 1, 1), jnp.float32))
+    h, w = side, side + 1
+    for layer, shape in zip(pools, shapes):
+      h, w = _caffe_pooled_size(h, layer.stride), _caffe_pooled_size(w, layer.stride)
+      assert shape.shape[1:3] == (h, w), (side, layer.name)
+    assert backbone.output_size(side) == h, side
+  params = backbone.init_params(jax.random.key(0), cfg)
+  for side in (64, 65, 320, 321, 512, 513, 520):
+    out = jax.eval_shape(lambda x: backbone.apply(params, x, cfg=cfg, train=False),
+                         jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32))
+    assert out.shape[1:3] == (backbone.output_size(side),) * 2
+  assert [backbone.output_size(s) for s in (321, 353, 512, 513)] == [41, 45, 65, 65]

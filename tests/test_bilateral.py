@@ -25,10 +25,18 @@ def _exact_hsv(rgb):
   return (h / 6) % 1, s, mx
 
 
+def _score_grid(n):
+  """The stride-8 score grid's side for an n-pixel side: three Caffe 3x3 / stride 2 / pad 1
+  pools, each floor(n / 2) + 1 (test_backbone.py checks Caffe's formula)."""
+  for _ in range(3):
+    n = n // 2 + 1
+  return n
+
+
 def _np_hist(img):
   """Counts of joint HSV bins per 8x8 cell centred on 8 * (y, x), cells clipped at the border."""
   h, w, _ = img.shape
-  gh, gw = (h - 1) // 8 + 1, (w - 1) // 8 + 1
+  gh, gw = _score_grid(h), _score_grid(w)
   out = np.zeros((gh, gw, np.prod(BINS)))
   for y in range(h):
     for x in range(w):

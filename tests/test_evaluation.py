@@ -27,6 +27,7 @@ def test_eval_reports_miou_of_final_cnn_and_attention_maps():
   config = helpers.tiny_config()
   config.eval.tune_threshold = False
   config.eval.class_threshold = 0.45
+  config.model.attention.max_classes = 4  # (evaluate resolves 0 to the data's bound: 3 tags + bg)
   params = model.init_params(jax.random.key(3), config)
   ds = data.make_dataset(config.data, 'val')
   n = config.eval.batch_size

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import ablation
-from wsss_jax import aggregation, attention, crf, data, model
+from wsss_jax import aggregation, attention, config_lib, crf, data, model
 
 import helpers
 from crf_references import pydensecrf_marginals
@@ -138,3 +138,25 @@ def test_b5_is_dense_crf_post_processing_of_its_unary(name):
     assert (final[i] == ref).mean() >= 0.98, (name, i, (final[i] == ref).mean())
   labels = set(np.unique(final).tolist())
   assert labels <= {0, 1} if name == 'no_crf_rnn_fused' else len(labels - {0, 1}) > 0, labels
+
+
+def test_every_tagged_class_is_walked_in_a_world_of_five_objects():
+  """Images with up to five objects (more tags than the old fixed bound of 3 + background): with
+  the class bound resolved from the data, every tagged class gets attention at its own pixels."""
+  config = helpers.tiny_config()
+  config.data.generator.max_objects = 5
+  ds = data.make_dataset(config.data, 'train')
+  config = config_lib.with_class_bound(config, data.max_tags(ds))
+  assert config.model.attention.max_classes == 6
+  busy = [i for i in range(200) if ds[i]['tags'].sum() >= 4][:4]
+  assert len(busy) == 4
+  images = np.stack([ds[i]['image'] for i in busy])
+  masks = np.stack([ds[i]['mask'] for i in busy])
+  tags = model.tags_with_background(jnp.asarray(np.stack([ds[i]['tags'] for i in busy])))
+  params = model.init_params(jax.random.key(5), config)
+  p_a = np.asarray(model.segment(params, images, config, tags, train=False)['attention'])
+  fractions = []
+  for b, i in enumerate(busy):
+    for c in np.nonzero(ds[i]['tags'])[0] + 1:
+      fractions.append(float(np.mean(p_a[b][masks[b] == c, c] > 0)))
+  assert len(fractions) >= 16 and min(fractions) > 0, fractions

@@ -1,4 +1,8 @@
-"""The train step under pmap: 2 devices equal 1, every parameter group trained."""
+"""The train step under pmap (2 devices equal 1, every parameter group trained), the log window,
+and training on images with more tags than the default class bound."""
+import os
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -82,3 +86,21 @@ def test_log_window_keeps_the_worst_lattice_fill():
   means, bad = trainer.window_summary(window)
   assert (means['lattice_fill'] == pytest.approx(0.9) and means['lattice_fill_max'] == 1.5
           and not bad)
+
+
+def test_a_world_of_five_objects_trains_and_evaluates_and_a_too_small_bound_is_refused(tmp_path):
+  """train.py and its evaluation run on images with up to five tagged objects (the class bound
+  comes from the data); an explicit bound below an image's tag count is one error line naming
+  the image, before any step."""
+  flags = [*helpers.TINY_FLAGS, '--config.data.generator.max_objects=5',
+           '--config.train.num_steps=3', '--config.eval.num_images=0']
+  res = helpers.run('train.py', *flags, f'--workdir={tmp_path / "five"}')
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert 'val mIoU:' in res.stdout
+  res = helpers.run('train.py', *flags, '--config.model.attention.max_classes=3',
+                    f'--workdir={tmp_path / "three"}')
+  assert res.returncode == 1 and 'Traceback' not in res.stderr, res.stderr[-3000:]
+  line = helpers.last_error_line(res)
+  assert re.match(r'error: training image train\[\d+\] has [3-5] tags, more than the 2 the '
+                  r'attention walks \(model.attention.max_classes = 3', line), line
+  assert not os.path.exists(tmp_path / 'three' / 'checkpoints' / '1')

@@ -3,6 +3,7 @@ TensorFlow, split lists, tags, masks and bad inputs."""
 import io
 import os
 import shutil
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
@@ -245,3 +246,86 @@ def test_command_lines(tmp_path):
           f'--data_dir={tmp_path / "tfds2"}')
   assert (r.returncode == 1 and r.stderr.startswith('error: manual_dir')
           and str(tmp_path / 'nope') in r.stderr)
+
+
+def _build_cli(raw, data_dir, *flags, env_warnings=None):
+  """`python -m wsss_jax.data.voc` (optionally under PYTHONWARNINGS)."""
+  args = ('-m', 'wsss_jax.data.voc', f'--manual_dir={raw}', f'--data_dir={data_dir}', *flags)
+  if env_warnings is None:
+    return helpers.run(*args, timeout=120)
+  env = helpers.env()
+  env['PYTHONWARNINGS'] = env_warnings
+  return subprocess.run([sys.executable, *args], cwd=helpers.ROOT, env=env, capture_output=True,
+                        text=True, timeout=120)
+
+
+def test_a_split_of_only_unusable_images_is_one_error_and_a_later_build_succeeds(tmp_path):
+  raw = tmp_path / 'raw'
+  fake = fake_voc.make_fake_voc(raw, n_train=3, n_val=2, n_test=1, n_sbd_extra=1, seed=3)
+  jpegs = raw / 'VOCdevkit' / 'VOC2012' / 'JPEGImages'
+  originals = {n: (jpegs / f'{n}.jpg').read_bytes() for n in fake.voc_val}
+  for n in fake.voc_val:
+    (jpegs / f'{n}.jpg').write_bytes(b'not a jpeg')
+  res = _build_cli(raw, tmp_path / 'tfds')
+  assert res.returncode == 1 and 'Traceback' not in res.stderr, res.stderr[-3000:]
+  line = helpers.last_error_line(res)
+  assert line.startswith('error: split val: none of the 2 listed images could be used'), line
+  assert str(jpegs / f'{fake.voc_val[0]}.jpg') in line
+  for n, data_bytes in originals.items():  # repaired: the same data_dir builds
+    (jpegs / f'{n}.jpg').write_bytes(data_bytes)
+  res = _build_cli(raw, tmp_path / 'tfds')
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert 'val: 2 examples' in res.stdout
+  assert len(voc.load(tmp_path / 'tfds', 'val')) == 2
+
+
+@pytest.mark.parametrize('content', [
+    b'<?xml version="1.0" encoding="no-such-codec"?><annotation><object><name>cat</name></object>'
+    b'</annotation>',
+    b'<?xml version="1.0" encoding="utf-16"?><annotation></annotation>',
+    bytes(range(256)) * 4,
+    b''], ids=['unknown-codec', 'wrong-codec', 'binary-junk', 'empty'])
+def test_an_unreadable_annotation_takes_tags_from_the_mask(tmp_path, content):
+  raw = tmp_path / 'raw'
+  fake = fake_voc.make_fake_voc(raw, n_train=2, n_val=2, n_test=0, n_sbd_extra=1, seed=4)
+  name = fake.voc_train[0]
+  xml = raw / 'VOCdevkit' / 'VOC2012' / 'Annotations' / f'{name}.xml'
+  xml.write_bytes(content)
+  res = _build_cli(raw, tmp_path / 'tfds')
+  assert res.returncode == 0 and 'Traceback' not in res.stderr, res.stderr[-3000:]
+  assert f'notes (train): {xml}: unreadable annotation' in res.stdout, res.stdout
+  train = voc.load(tmp_path / 'tfds', 'train')
+  ex = train[[train.name(i) for i in range(len(train))].index(name)]
+  labels = set(np.unique(fake.voc_masks[name]).tolist()) - {0, 255}
+  assert labels and set((np.nonzero(ex['tags'])[0] + 1).tolist()) == labels
+
+
+def test_the_build_summary_lists_every_file_whatever_the_warning_filters(tmp_path):
+  """Under PYTHONWARNINGS=ignore the summary on stdout still names every converted and skipped
+  file with its reason; a rerun says it reused the build; another manual_dir is refused unless
+  --rebuild."""
+  raw = tmp_path / 'raw'
+  fake = fake_voc.make_fake_voc(raw, n_train=3, n_val=2, n_test=0, n_sbd_extra=1, seed=5)
+  jpegs = raw / 'VOCdevkit' / 'VOC2012' / 'JPEGImages'
+  cmyk, corrupt = fake.voc_train[0], fake.voc_train[1]
+  _save(jpegs / f'{cmyk}.jpg',
+        Image.fromarray(helpers.file_pixels(fake, cmyk)).convert('CMYK'), 'JPEG')
+  (jpegs / f'{corrupt}.jpg').write_bytes(b'junk')
+  res = _build_cli(raw, tmp_path / 'tfds', env_warnings='ignore')
+  assert res.returncode == 0, res.stderr[-3000:]
+  out = res.stdout
+  assert out.splitlines()[0] == f'built {tmp_path / "tfds" / "voc2012_wsss" / "1.0.0"} from {raw}'
+  assert 'train: 2 examples (3 listed, 1 skipped, 1 converted)' in out
+  assert f'converted (train): {jpegs / f"{cmyk}.jpg"}: CMYK image converted to RGB' in out
+  assert f'skipped (train): {jpegs / f"{corrupt}.jpg"}: corrupt or unreadable image' in out
+  again = _build_cli(raw, tmp_path / 'tfds')
+  assert again.returncode == 0 and again.stdout.splitlines()[0].startswith('reused '), again.stdout
+  assert 'train: 2 examples (3 listed, 1 skipped, 1 converted)' in again.stdout
+  other = tmp_path / 'other'
+  shutil.copytree(raw, other)
+  refused = _build_cli(other, tmp_path / 'tfds')
+  assert refused.returncode == 1 and 'Traceback' not in refused.stderr
+  assert f'was built from {raw}, not {other}; pass --rebuild' in helpers.last_error_line(refused)
+  rebuilt = _build_cli(other, tmp_path / 'tfds', '--rebuild')
+  assert rebuilt.returncode == 0 and rebuilt.stdout.startswith('built '), rebuilt.stderr[-2000:]
+  assert voc.load(tmp_path / 'tfds', 'train').metadata['manual_dir'] == str(other)

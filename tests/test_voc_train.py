@@ -3,6 +3,7 @@ from an imported weight file, evaluate val (Table 2 layout with the paper's row)
 evaluation server's PNGs and archive for test."""
 import json
 import os
+import shutil
 import tarfile
 
 import jax
@@ -64,3 +65,36 @@ def test_voc_smoke_train_eval_and_server_output(tmp_path):
     members = sorted(m.name for m in tar.getmembers() if m.isfile())
   assert members == sorted(f'results/VOC2012/Segmentation/comp5_test_cls/{n}.png'
                            for n in fake.test)
+  report = json.loads((workdir / 'eval_test.json').read_text(), parse_constant=_no_nan)
+  assert report['miou'] is None and 'tag_map' not in report  # no figure of another split
+
+  # A test image skipped at build time: the submission would miss a listed id, so eval refuses
+  # the archive, naming it (the complete archive written above is left as it was); on request a
+  # partial archive, clearly named, for inspection.
+  broken = tmp_path / 'raw_broken'
+  shutil.copytree(tmp_path / 'raw', broken)
+  lost = fake.test[0]
+  (broken / 'VOCdevkit' / 'VOC2012' / 'JPEGImages' / f'{lost}.jpg').write_bytes(b'truncated')
+  res = helpers.run('-m', 'wsss_jax.data.voc', f'--manual_dir={broken}',
+                    f'--data_dir={tmp_path / "tfds_broken"}')
+  assert res.returncode == 0 and 'skipped (test): ' in res.stdout, res.stderr[-3000:]
+  config = json.loads((workdir / 'config.json').read_text())
+  config['data']['data_dir'] = str(tmp_path / 'tfds_broken')
+  (workdir / 'config.json').write_text(json.dumps(config))
+  archive = (workdir / 'server_test.tar.gz').read_bytes()
+  res = helpers.run('eval.py', f'--workdir={workdir}', '--split=test')
+  assert res.returncode == 1 and 'Traceback' not in res.stderr, res.stderr[-3000:]
+  line = helpers.last_error_line(res)
+  assert line.startswith('error: 1 test images listed by the devkit have no prediction'), line
+  assert lost in line
+  assert (workdir / 'server_test.tar.gz').read_bytes() == archive
+  assert not (workdir / 'server_test_PARTIAL.tar.gz').exists()
+  res = helpers.run('eval.py', f'--workdir={workdir}', '--split=test', '--partial_archive')
+  assert res.returncode == 0, res.stderr[-3000:]
+  with tarfile.open(workdir / 'server_test_PARTIAL.tar.gz') as tar:
+    members = sorted(m.name for m in tar.getmembers() if m.isfile())
+  assert len(members) == len(fake.test) - 1 and all(lost not in m for m in members)
+
+
+def _no_nan(name):
+  raise AssertionError(f'{name} in a JSON file')

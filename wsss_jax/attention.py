@@ -118,7 +118,7 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
                    class_mask: jax.Array, *, neighbors: bool = True, lateral: str = 'diffusion',
                    eps: float = 1.0, radius: int = 3, qp_tol: float = 1e-3, qp_iters: int = 50,
                    stop_at: str = 'pool4', return_layers: bool = False,
-                   max_classes: int | None = 4, background: str = 'complement',
+                   max_classes: int | None = None, background: str = 'complement',
                    bg_power: float = 1.0, feedforward_weight: float = 0.0,
                    top_signal: str = 'exclusive'):
   """p^A of Eq. (4): top-down attention for every class, (B, H, W, K), summing to 1 over classes.

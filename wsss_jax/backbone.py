@@ -126,12 +126,29 @@ def conv(x: jax.Array, w: jax.Array, b: jax.Array | None, dilation: int = 1) -> 
   return y if b is None else y + b
 
 
+def pool_output_size(size: int, kernel: int, stride: int) -> int:
+  """Caffe's pooling output size with padding (kernel - 1) / 2: ceil((size + 2 pad - kernel) /
+  stride) + 1, less one if the last window would start in the right padding. Ceil mode: an
+  even input to a stride-2 pool gets one more cell than floor mode (512 -> 257, not 256)."""
+  pad = (kernel - 1) // 2
+  out = -(-(size + 2 * pad - kernel) // stride) + 1
+  if pad and (out - 1) * stride >= size + pad:
+    out -= 1
+  return out
+
+
+def _pool_padding(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
+  """(left pad, right pad, output size): the right pad also covers ceil mode's last window."""
+  pad = (kernel - 1) // 2
+  out = pool_output_size(size, kernel, stride)
+  return pad, max(pad, (out - 1) * stride + kernel - size - pad), out
+
+
 def _pool_views(x: jax.Array, kernel: int, stride: int) -> list[jax.Array]:
   """The kernel * kernel strided views of the -inf padded input, in window scan order."""
-  pad = (kernel - 1) // 2
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
-  oh = (x.shape[1] + 2 * pad - kernel) // stride + 1
-  ow = (x.shape[2] + 2 * pad - kernel) // stride + 1
+  (top, bottom, oh), (left, right, ow) = (_pool_padding(x.shape[1], kernel, stride),
+                                          _pool_padding(x.shape[2], kernel, stride))
+  xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
   return [jax.lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + stride * (oh - 1) + 1,
                                            j + stride * (ow - 1) + 1, xp.shape[3]),
                         (1, stride, stride, 1))
@@ -140,7 +157,8 @@ def _pool_views(x: jax.Array, kernel: int, stride: int) -> list[jax.Array]:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def max_pool(x: jax.Array, kernel: int, stride: int) -> jax.Array:
-  """Caffe-style 3x3 max pool with padding 1 (odd sizes: 321 -> 161 -> 81 -> 41).
+  """Caffe's 3x3 max pool with padding 1 and ceil-mode output size (`pool_output_size`:
+  321 -> 161 -> 81 -> 41, 512 -> 257 -> 129 -> 65; a window never covers only padding).
 
   The gradient goes to the first maximum of each window in scan order, as `reduce_window`'s
   does (and as Caffe routes it); it is written out because XLA's CPU `select_and_scatter` is
@@ -161,9 +179,9 @@ def _max_pool_fwd(x, kernel, stride):
 
 def _max_pool_bwd(kernel, stride, res, g):
   arg, shape = res
-  pad = (kernel - 1) // 2
-  hp, wp = shape[1] + 2 * pad, shape[2] + 2 * pad
-  oh, ow = g.shape[1], g.shape[2]
+  top, bottom, oh = _pool_padding(shape[1], kernel, stride)
+  left, right, ow = _pool_padding(shape[2], kernel, stride)
+  hp, wp = shape[1] + top + bottom, shape[2] + left + right
   zero = jnp.zeros((), g.dtype)
   total = None
   for k in range(kernel * kernel):
@@ -173,18 +191,27 @@ def _max_pool_bwd(kernel, stride, res, g):
                      ((0, 0, 0), (i, hp - i - stride * (oh - 1) - 1, stride - 1),
                       (j, wp - j - stride * (ow - 1) - 1, stride - 1), (0, 0, 0)))
     total = dx if total is None else total + dx
-  return (total[:, pad:pad + shape[1], pad:pad + shape[2]],)
+  return (total[:, top:top + shape[1], left:left + shape[2]],)
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def avg_pool(x: jax.Array, kernel: int, stride: int) -> jax.Array:
-  """Caffe AVE pool: padded cells count in the divisor (kernel * kernel)."""
-  pad = (kernel - 1) // 2
-  s = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, kernel, kernel, 1),
-                            (1, stride, stride, 1), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  return s / (kernel * kernel)
+  """Caffe AVE pool: the divisor counts the padding cells within the padded input (kernel *
+  kernel for windows inside it), not those ceil mode's last window reaches beyond it."""
+  (top, bottom, _), (left, right, _) = (_pool_padding(x.shape[1], kernel, stride),
+                                        _pool_padding(x.shape[2], kernel, stride))
+  window, strides = (1, kernel, kernel, 1), (1, stride, stride, 1)
+  padding = ((0, 0), (top, bottom), (left, right), (0, 0))
+  s = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, padding)
+  if bottom == top and right == left:
+    return s / (kernel * kernel)
+  inside = jnp.pad(jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype),
+                   ((0, 0), (top, top), (left, left), (0, 0)), constant_values=1.0)
+  count = jax.lax.reduce_window(inside, 0.0, jax.lax.add, window, strides,
+                                ((0, 0), (0, bottom - top), (0, right - left), (0, 0)))
+  return s / count
 
 
 def apply(params: Params, images: jax.Array, *, cfg: BackboneConfig, train: bool,
@@ -223,7 +250,8 @@ def apply(params: Params, images: jax.Array, *, cfg: BackboneConfig, train: bool
 
 
 def output_size(size: int) -> int:
-  """Spatial size of the score map for an input side of `size` pixels."""
+  """Spatial size of the score map for an input side of `size` pixels (Caffe's pooling
+  arithmetic: 321 -> 41, 512 or 513 -> 65, 64 -> 9)."""
   for stride in POOL_STRIDES:
-    size = (size + 2 - 3) // stride + 1
+    size = pool_output_size(size, 3, stride)
   return size

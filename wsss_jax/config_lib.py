@@ -8,6 +8,7 @@ either. Problems a user can act on are `RunError`s, which train.py and eval.py p
 """
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import json
@@ -170,6 +171,11 @@ def _check_choices(config) -> None:
   if att['enabled'] and att['neighbors'] and names.index(att['stop_at']) < names.index('pool3'):
     raise ConfigError(f'config.model.attention.stop_at={att["stop_at"]} is below the score '
                       'grid; the lateral QP (neighbors=True) needs pool3 or a layer above it')
+  bound = att['max_classes']
+  if int(bound) != bound or bound < 0 or (bound == 1 and att['background'] == 'complement'):
+    raise ConfigError(f"config.model.attention.max_classes must be 0 (the data's bound) or a "
+                      f'number of classes to walk, background included (>= 2 with the complement '
+                      f'background), got {bound!r}')
   if m['cls_from'] == 'crf' and not m['crf']['enabled']:
     raise ConfigError('config.model.cls_from=crf needs config.model.crf.enabled=True')
   if t['seg_target'] == 'crf' and not m['crf']['enabled']:
@@ -262,6 +268,17 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 # ---------------------------------------------------------------------------------------------
 # Same computation?
+
+def with_class_bound(config, max_tags: int):
+  """`config` with model.attention.max_classes = 0 (the data's bound) resolved to `max_tags` + 1
+  (the background's slot), as a copy; an explicit bound is kept."""
+  if config.model.attention.max_classes:
+    return config
+  resolved = copy.deepcopy(config)
+  with resolved.unlocked():
+    resolved.model.attention.max_classes = min(int(max_tags), int(config.data.num_classes)) + 1
+  return resolved
+
 
 def warmup_head(config: Mapping[str, Any]) -> str:
   """The aggregation head Delta^C goes through in the warm-up (train.warmup_head, '' = the model's);

@@ -56,6 +56,7 @@ class EvalRequest:
   flip: bool | None = None
   class_threshold: float | None = None
   crf: tuple[tuple[str, float], ...] = ()
+  partial_archive: bool = False  # VOC test: write an archive even with listed ids missing
 
   def __post_init__(self):
     allowed = [k.rpartition('.')[2] for k in config_lib.declared('CRF_INFERENCE')]
@@ -212,13 +213,18 @@ def eval_step(params, batch, config):
 
 
 def evaluate(params, config, split: str, *, workdir: str | None = None, step: int | None = None,
-             limit: int | None = None, variant: str = '') -> dict[str, Any]:
+             limit: int | None = None, variant: str = '', partial_archive: bool = False
+             ) -> dict[str, Any]:
   """mIoU on `split` (all processes and devices pooled); writes the table/JSON/PNG to workdir.
 
   Images are scored at their original resolution (padding is ignored by the metrics and
   cropped off predictions). On a split without labels (VOC test) it writes the predictions
-  as VOC palette PNGs for the evaluation server instead (`data.voc_server`).
+  as VOC palette PNGs for the evaluation server instead (`data.voc_server`), and the archive
+  only when every id the devkit lists has one (`partial_archive`: a clearly named partial one).
+  The attention's class bound (model.attention.max_classes = 0) is the training data's.
   """
+  config = config_lib.with_class_bound(
+      config, data.max_tags(data.make_dataset(config.data, 'train')))
   ds = eval_dataset(config, split)
   names = list(ds.class_names)
   tag_figures = {}
@@ -272,7 +278,13 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
   suffix = f'{split}_{variant}' if variant else split
   if workdir is not None and unlabelled:
     from wsss_jax.data import voc_server  # pylint: disable=import-outside-toplevel
-    result['server_archive'] = voc_server.write_server_results(workdir, suffix, predictions)
+    covered = {ds.name(i) for i in range(len(ds) if limit is None else min(limit, len(ds)))}
+    missing = sorted(set(ds.listed_ids or ()) - covered)
+    config_lib.atomic_write(os.path.join(workdir, f'eval_{suffix}.json'),
+                            json.dumps(result, indent=1, allow_nan=False))
+    result['server_archive'] = voc_server.write_server_results(
+        workdir, suffix, predictions, names=sorted(covered), missing=missing,
+        partial=partial_archive)
   if workdir is not None and jax.process_index() == 0:
     if not unlabelled:
       reference = PAPER_VOC_VAL if config.data.name == 'voc2012' and split == 'val' else None
@@ -300,7 +312,7 @@ def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = 
       mngr, state_lib.create_state(config, jax.random.key_data(jax.random.key(0))), step)
   split = split or config.eval.split
   result = evaluate(state.params, config, split, workdir=workdir, step=int(state.step),
-                    variant=request.variant())
+                    variant=request.variant(), partial_archive=request.partial_archive)
   print(f'{split} mIoU: {percent(result["miou"])} (step {int(state.step)})')
   mngr.close()
   return result

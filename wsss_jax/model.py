@@ -235,7 +235,7 @@ def infer(params: Mapping[str, Any], images: jax.Array,
   if len(e['scales']) > 1 or e['flip'] or float(e['scales'][0]) != 1.0:
     out['p_s'] = _multiscale_p_s(params, images, config, out['p_s'])
   use_att = bool(e['attention']) and config['model']['attention']['enabled']
-  mask = predicted_classes(out['image_logits'], e['class_threshold'])
+  mask = predicted_classes(out['image_logits'], e['class_threshold'], max_foreground(config))
   out = refine(params, images, out, acts, mask if use_att else None, config,
                attention_unary=use_att and config['model']['crf']['attention_unary'])
   probs = out.get('crf_probs', out['p_s'])
@@ -255,8 +255,23 @@ def infer(params: Mapping[str, Any], images: jax.Array,
   return pred
 
 
-def predicted_classes(image_logits: jax.Array, threshold: float) -> jax.Array:
-  """(B, K) class mask at inference: foreground classes with sigmoid score > threshold, and
-  background always (an image with no confident class falls back to background only)."""
-  mask = jax.nn.sigmoid(image_logits) > threshold
+def predicted_classes(image_logits: jax.Array, threshold: float,
+                      max_foreground: int | None = None) -> jax.Array:
+  """(B, K) class mask at inference: foreground classes with sigmoid score > threshold (at most
+  the `max_foreground` best-scoring ones: the walk's static class bound), and background always
+  (an image with no confident class falls back to background only)."""
+  scores = jax.nn.sigmoid(image_logits)
+  mask = scores > threshold
+  fg = scores.shape[-1] - 1
+  if max_foreground is not None and max_foreground < fg:
+    best = jax.lax.top_k(scores[:, 1:], max_foreground)[1] + 1  # (B, max_foreground)
+    mask = mask & (jnp.sum(jax.nn.one_hot(best, fg + 1, dtype=jnp.int32), 1) > 0)
   return mask.at[:, 0].set(True).astype(jnp.float32)
+
+
+def max_foreground(config: Mapping[str, Any]) -> int | None:
+  """Foreground classes the attention walks per image: model.attention.max_classes less the
+  background's slot. None (every class) for 0, the data's bound, until the trainer or the
+  evaluation resolves it from the dataset (`config_lib.with_class_bound`)."""
+  bound = config['model']['attention']['max_classes']
+  return int(bound) - 1 if bound else None

@@ -28,6 +28,7 @@ from wsss_jax import (
   data,
   evaluation,
   losses,
+  model,
   optimizers,
   warmup,
   weights,
@@ -157,7 +158,8 @@ class PreemptionGuard:
 def _check_start(config, workdir: str):
   """Refuse a run before anything is written that it cannot finish: a bad config, a workdir
   holding another model or data, a train split smaller than a batch, an empty eval split.
-  Returns the train dataset."""
+  Returns the config with the attention's class bound resolved from the data
+  (model.attention.max_classes = 0) and the train dataset, whose images are checked against it."""
   config_lib.validate_config(config)
   config_lib.check_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -175,7 +177,10 @@ def _check_start(config, workdir: str):
     raise ConfigError(f'the train split of data "{config.data.name}" has {len(train_ds)} examples, '
                       f'fewer than one batch of {local_batch} per process')
   evaluation.eval_dataset(config, config.eval.split)  # found before training, not after it
-  return train_ds
+  config = config_lib.with_class_bound(config, data.max_tags(train_ds))
+  if config.train.mode == 'weak' and config.model.attention.enabled:
+    train_ds = data.TagBound(train_ds, model.max_foreground(config))
+  return config, train_ds
 
 
 def _initial_state(config, workdir: str, mngr) -> TrainState:
@@ -218,7 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   processes of a multi-process run agree on the stopping step through a flag summed inside the
   pmapped step.
   """
-  train_ds = _check_start(config, workdir)
+  config, train_ds = _check_start(config, workdir)
   mngr = checkpointing.checkpoint_manager(workdir, config)
   with checkpointing.closing_on_error(mngr):
     state = _initial_state(config, workdir, mngr)

@@ -83,6 +83,35 @@ def eval_pad_size(data_cfg: Mapping[str, Any]) -> tuple[int, int] | None:
   return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
 
 
+def max_tags(dataset) -> int:
+  """The most tags an example of `dataset` has: its own bound (the synthetic generator's object
+  count, the VOC builder's record), at most its number of foreground classes."""
+  return int(min(getattr(dataset, 'max_tags', dataset.num_classes), dataset.num_classes))
+
+
+class TagBound:
+  """`dataset` whose examples may hold at most `bound` tags: one with more is a DataError naming
+  it (the attention walks a static number of classes per image; a tag beyond it would silently
+  get no attention)."""
+
+  def __init__(self, dataset, bound: int):
+    self.dataset, self.bound = dataset, int(bound)
+
+  def __len__(self) -> int:
+    return len(self.dataset)
+
+  def __getitem__(self, index):
+    ex = self.dataset[index]
+    n = int(np.sum(np.asarray(ex['tags']) > 0))
+    if n > self.bound:
+      name = (self.dataset.name(int(index)) if hasattr(self.dataset, 'name')
+              else f'{getattr(self.dataset, "split", "")}[{int(index)}]')
+      raise DataError(f'training image {name} has {n} tags, more than the {self.bound} the '
+                      f'attention walks (model.attention.max_classes = {self.bound + 1}, '
+                      "background included): raise it, or set 0 (the data's bound)")
+    return ex
+
+
 def train_batches(dataset, *, global_batch: int, seed: int, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1, num_threads: int = 2,
                   augment: Callable[[dict, np.random.Generator], dict] | Mapping[str, Any]

@@ -105,6 +105,11 @@ class SyntheticWSSS:
   def __len__(self) -> int:
     return self.num_examples
 
+  @property
+  def max_tags(self) -> int:
+    """The most tags an image can have: one per object, at most one per class."""
+    return min(self.max_objects, self.num_classes)
+
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     return self.example(index)
 

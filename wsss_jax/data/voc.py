@@ -30,8 +30,10 @@ decoding failure raises a `DatasetError` naming the example's file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shutil
 import sys
 import warnings
 from typing import Any, Mapping, Sequence
@@ -85,7 +87,15 @@ Extract into the manual dir (the directory holding VOCdevkit/, or VOCdevkit/, or
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
-    self.skipped: dict[str, list[str]] = {}  # split -> warning messages of the files left out
+    # split -> {'skipped', 'converted', 'notes'}: every message about a file, whatever the
+    # Python warning filters (`main` prints them all)
+    self.report: dict[str, dict[str, list[str]]] = {}
+    self.built = False  # whether the last download_and_prepare built (False: reused)
+
+  @property
+  def skipped(self) -> dict[str, list[str]]:
+    """split -> messages of the files left out of it."""
+    return {split: rep['skipped'] for split, rep in self.report.items()}
 
   def _info(self) -> tfds.core.DatasetInfo:
     obj = lambda: tfds.features.Tensor(shape=(), dtype=np.object_)  # noqa: E731
@@ -102,6 +112,10 @@ Extract into the manual dir (the directory holding VOCdevkit/, or VOCdevkit/, or
             'height': tfds.features.Scalar(dtype=np.int32),
             'width': tfds.features.Scalar(dtype=np.int32),
         }),
+        # manual_dir, the ids listed per split, the test ids (a server submission must cover
+        # them all), the most tags an image of each split has (the attention's class bound)
+        # and the build report
+        metadata=tfds.core.MetadataDict(),
         homepage='http://host.robots.ox.ac.uk/pascal/VOC/voc2012/',
         disable_shuffling=True,  # keep sorted file-name order: stable indices for eval and name(i)
     )
@@ -111,30 +125,71 @@ Extract into the manual dir (the directory holding VOCdevkit/, or VOCdevkit/, or
     names = layout.split_names()
     if 'test' not in names:
       _log.info('no %s: building without a test split', layout.list_file('test'))
+    meta = self.info.metadata
+    meta['manual_dir'] = os.path.abspath(os.fspath(dl_manager.manual_dir))
+    meta['listed'] = {split: len(ids) for split, ids in names.items()}
+    meta['test_ids'] = list(names.get('test', []))
+    meta['max_tags'], meta['report'] = {}, {}
     return {split: self._generate_examples(layout, split, ids) for split, ids in names.items()}
 
   def _generate_examples(self, layout: Layout, split: str, names: Sequence[str]):
-    skipped = self.skipped.setdefault(split, [])
+    report = self.report.setdefault(split, {'skipped': [], 'converted': [], 'notes': []})
 
     def warn(message: str) -> None:
-      if message.endswith('; skipped'):
-        skipped.append(message)
+      kind = ('skipped' if message.endswith('; skipped') else
+              'converted' if ' converted to ' in message else 'notes')
+      report[kind].append(message)
       warnings.warn(f'{DATASET_NAME}/{split}: {message}', DatasetWarning, stacklevel=2)
 
+    kept, most = 0, 0
     for name in names:
       ex = make_example(layout, name, with_mask=split != 'test', warn=warn)
       if ex is not None:
+        kept += 1
+        most = max(most, int(np.sum(ex['tags'])))
         yield name, ex
-    if skipped:
-      warn(f'skipped {len(skipped)} of {len(names)} listed images (see the warnings above)')
+    if report['skipped']:
+      warnings.warn(f'{DATASET_NAME}/{split}: skipped {len(report["skipped"])} of {len(names)} '
+                    'listed images (see the warnings above)', DatasetWarning, stacklevel=2)
+    if not kept:
+      reasons = '; '.join(report['skipped'][:3])
+      raise DatasetError(f'split {split}: none of the {len(names)} listed images could be used '
+                         f'({reasons}{"; ..." if len(report["skipped"]) > 3 else ""})')
+    self.info.metadata['max_tags'][split] = most
+    self.info.metadata['report'][split] = report
 
 
-def build(manual_dir: str | os.PathLike, data_dir: str | os.PathLike) -> Voc2012Wsss:
-  """Builds (or reuses) the dataset under `data_dir`/voc2012_wsss/<version> from `manual_dir`."""
-  find_layout(manual_dir)  # one clear error before TFDS starts
+def build(manual_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
+          rebuild: bool = False) -> Voc2012Wsss:
+  """Builds the dataset under `data_dir`/voc2012_wsss/<version> from `manual_dir`, or reuses an
+  existing build of the same manual_dir (`builder.built` says which). An existing build of
+  another manual_dir is a DatasetError unless `rebuild`, which replaces it."""
+  manual = os.path.abspath(os.fspath(manual_dir))
+  find_layout(manual)  # one clear error before TFDS starts
   builder = Voc2012Wsss(data_dir=os.fspath(data_dir), file_format='array_record')
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+  if builder.is_prepared():
+    recorded = dict(builder.info.metadata or {}).get('manual_dir')
+    if rebuild:
+      shutil.rmtree(builder.data_dir)
+      builder = Voc2012Wsss(data_dir=os.fspath(data_dir), file_format='array_record')
+    elif recorded != manual:
+      source = recorded or 'an unrecorded manual_dir'
+      raise DatasetError(f'{builder.data_dir} was built from {source}, not {manual}; pass '
+                         '--rebuild to replace it (or another --data_dir)')
+    else:
+      return builder
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+  except DatasetError:
+    raise
+  except Exception as e:  # noqa: BLE001 (TFDS wraps generator errors in its own types)
+    cause = e
+    while cause is not None and not isinstance(cause, DatasetError):
+      cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+      raise cause from None
+    raise
+  builder.built = True
   return builder
 
 
@@ -151,8 +206,22 @@ class VOCSource:
   class_names = CLASS_NAMES
   num_classes = NUM_CLASSES
 
-  def __init__(self, records, split: str = ''):
+  def __init__(self, records, split: str = '', metadata: Mapping[str, Any] | None = None):
     self._records, self.split = records, split
+    self.metadata = dict(metadata or {})
+
+  @property
+  def max_tags(self) -> int:
+    """The most tags an image of this split has (the builder's record; every class when the
+    build predates the record)."""
+    return int(self.metadata.get('max_tags', {}).get(self.split, NUM_CLASSES))
+
+  @property
+  def listed_ids(self) -> list[str] | None:
+    """The ids the devkit's list names for this split (test only; None when unrecorded)."""
+    if self.split != 'test' or 'test_ids' not in self.metadata:
+      return None
+    return list(self.metadata['test_ids'])
 
   def __len__(self) -> int:
     return len(self._records)
@@ -202,7 +271,24 @@ def load(data_dir: str | os.PathLike, split: str, *, manual_dir: str | None = No
   if split not in builder.info.splits:
     raise DatasetError(f'{DATASET_NAME} under {data_dir} has no split {split!r} '
                        f'(it has {", ".join(sorted(builder.info.splits))})')
-  return VOCSource(builder.as_data_source(split=split), split)
+  return VOCSource(builder.as_data_source(split=split), split, builder.info.metadata)
+
+
+def _summary(builder: Voc2012Wsss, manual_dir: str) -> list[str]:
+  """The build's summary: examples per split, and every skipped, converted or noted file."""
+  meta = dict(builder.info.metadata or {})
+  listed, report = meta.get('listed', {}), meta.get('report', {})
+  lines = [f'{"built" if builder.built else "reused"} {builder.data_dir} from '
+           f'{meta.get("manual_dir", manual_dir)}']
+  for split, info in sorted(builder.info.splits.items()):
+    rep = report.get(split, {})
+    skipped, converted = len(rep.get('skipped', [])), len(rep.get('converted', []))
+    lines.append(f'{split}: {info.num_examples} examples ({listed.get(split, "?")} listed, '
+                 f'{skipped} skipped, {converted} converted)')
+  for split in sorted(report):
+    for kind in ('skipped', 'converted', 'notes'):
+      lines += [f'{kind} ({split}): {m}' for m in report[split].get(kind, [])]
+  return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -211,19 +297,21 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--manual_dir', required=True,
                       help='directory holding VOCdevkit/ and benchmark_RELEASE/')
   parser.add_argument('--data_dir', required=True, help='TFDS data dir to write voc2012_wsss/ into')
+  parser.add_argument('--rebuild', action='store_true',
+                      help='replace an existing build (needed to build from another manual_dir)')
   args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format='%(message)s')
+  logging.basicConfig(level=logging.WARNING, format='%(message)s')
+  logging.getLogger('absl').setLevel(logging.ERROR)  # TFDS's notes on an empty data_dir
+  tfds.disable_progress_bar()
   try:
-    builder = build(args.manual_dir, args.data_dir)
+    # (the summary below lists every file message; TFDS's own notes go to stderr)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+      warnings.simplefilter('ignore', DatasetWarning)
+      builder = build(args.manual_dir, args.data_dir, rebuild=args.rebuild)
   except DatasetError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  for split, info in sorted(builder.info.splits.items()):
-    print(f'{split}: {info.num_examples} examples')
-  for split, msgs in sorted(builder.skipped.items()):
-    for m in msgs:
-      print(f'skipped ({split}): {m}')
-  print(f'built {builder.data_dir}')
+  print('\n'.join(_summary(builder, os.path.abspath(args.manual_dir))))
   return 0
 
 

@@ -233,13 +233,14 @@ def _read_sbd_mat(path: str) -> np.ndarray:
 
 def _tags_from_xml(path: str, warn) -> np.ndarray | None:
   """Multi-hot of the <object><name> entries (difficult and truncated objects included);
-  None when the file is absent, unparsable or lists no object."""
+  None when the file is absent, cannot be read or parsed (empty, binary junk, an unknown or
+  wrong encoding: reported through `warn`) or lists no object."""
   if not os.path.isfile(path):
     return None
   try:
     objects = ET.parse(path).getroot().findall('object')
-  except ET.ParseError as e:
-    warn(f'{path}: unparsable annotation ({e}); tags taken from the mask')
+  except (ET.ParseError, LookupError, UnicodeError, ValueError, OSError) as e:
+    warn(f'{path}: unreadable annotation ({type(e).__name__}: {e}); tags taken from the mask')
     return None
   if not objects:
     return None
