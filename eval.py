@@ -24,7 +24,8 @@ flags.DEFINE_list('scales', None,
 flags.DEFINE_bool('flip', None, 'Also average horizontal flips (default: config).')
 flags.DEFINE_float('class_threshold', None, 'Sigmoid score above which a class is predicted.')
 flags.DEFINE_list('crf', None, 'CRF-RNN inference settings, e.g. iters=10,sigma_z=28.3 (keys: '
-                  'iters, sigma_z, sigma_r, bilateral_weight, spatial_weight, spatial_sxy).')
+                  'attention_unary (0 or 1), iters, sigma_z, sigma_r, bilateral_weight, '
+                  'spatial_weight, spatial_sxy).')
 flags.DEFINE_bool('partial_archive', False, 'VOC test split: write server_test_PARTIAL.tar.gz even '
                   'when test images listed by the devkit are missing from the dataset.')
 

@@ -1,11 +1,13 @@
-"""Step time and memory of the paper's VOC config (configs/voc12_largefov.py) on this machine.
+"""Step time and memory of the VOC configs on this machine (configs/voc12_ours.py, or with
+--printed configs/voc12_paper.py).
 
-  python bench/voc_step.py [--per_device_batch=2] [--steps=3] [--width=1.0]
+  python bench/voc_step.py [--per_device_batch=2] [--steps=3] [--width=1.0] [--printed]
 
 Random 321x321 crops with 1-3 tags stand in for VOC (the cost does not depend on the pixels), so
-it runs without the dataset. Prints the device card, compile time, the median step time of the
-full method (Delta^C + lambda Delta^S, attention, CRF-RNN) and of the backbone-only step (B1),
-XLA's memory estimate per device, and the projected time of the paper's 10000 steps at batch 20.
+it runs without the dataset; the attention walks --max_tags classes plus background per image.
+Prints the device card, compile time, the median step time of the full method (Delta^C +
+lambda Delta^S, attention, CRF-RNN) and of the backbone-only step (B1), XLA's memory estimate
+per device, and the projected time of the paper's 10000 steps at batch 20.
 """
 import argparse
 import os
@@ -17,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from configs import voc12_largefov  # noqa: E402
-from wsss_jax import trainer, warmup  # noqa: E402
+from configs import voc12_ours, voc12_paper  # noqa: E402
+from wsss_jax import config_lib, trainer, warmup  # noqa: E402
 
 
 def main():
@@ -26,8 +28,11 @@ def main():
   ap.add_argument('--per_device_batch', type=int, default=2)
   ap.add_argument('--steps', type=int, default=3)
   ap.add_argument('--width', type=float, default=1.0, help='backbone width (1.0 = VGG-16)')
+  ap.add_argument('--max_tags', type=int, default=3, help='tags per image the attention walks')
+  ap.add_argument('--printed', action='store_true', help='the printed method (voc12_paper.py)')
   args = ap.parse_args()
-  config = voc12_largefov.get_config()
+  config = (voc12_paper if args.printed else voc12_ours).get_config()
+  config = config_lib.with_class_bound(config, args.max_tags)
   config.model.backbone.width = args.width
   n_dev = jax.local_device_count()
   b = args.per_device_batch

@@ -5,8 +5,11 @@ Table 1: no_att (B1), no_seg_loss (B2), no_att_unary (B3), no_neighbor (B4), no_
 no_att_inference (B6), full; no_crf_rnn_fused is B5 under another reading (docs/DESIGN.md,
 "B5: which unary the post-processing gets").
 Table 5 (full method, other heads): gmp, gap, lse, fcl.
+The departure table: printed_<name> is the full method with one departure from the paper
+reverted to its printed value (configs/paper.py: DEPARTURES, STAND_INS); walk_dropout walks the
+dropout-masked network in training instead of the inference-mode one.
 """
-from configs import default
+from configs import default, paper
 
 
 def _no_att(c):  # B1: no top-down attention, so no Delta^S and no attention unary
@@ -22,8 +25,11 @@ def _no_att_unary(c):  # B3: attention only through Delta^S (Eq. 15)
   c.model.crf.attention_unary = False
 
 
-def _no_neighbor(c):  # B4: parent-child term only (plain excitation backprop)
+def _no_neighbor(c):
+  """B4: plain excitation backprop as in [44]: parent-child term only (no lateral QP), the walk
+  seeded with the class score, background walked like any class (the printed method's p^A)."""
   c.model.attention.neighbors = False
+  paper.apply(c, {**paper.DEPARTURES['seed'], **paper.DEPARTURES['background']})
 
 
 def _no_crf_rnn(c):
@@ -42,6 +48,16 @@ def _no_crf_rnn_fused(c):  # B5 read as: dense-CRF post-processing of the fused 
 
 def _no_att_inference(c):  # B6: trained as the full method, no attention in the unary at test time
   c.eval.attention = False
+
+
+def _printed(changes):
+  def apply(c):
+    paper.apply(c, changes)
+  return apply
+
+
+def _walk_dropout(c):
+  c.model.attention.walk_dropout = True
 
 
 def _head(name):
@@ -63,6 +79,9 @@ ABLATIONS = {
     'gap': _head('gap'),
     'lse': _head('lse'),
     'fcl': _head('fcl'),
+    **{f'printed_{name}': _printed(changes)
+       for name, changes in {**paper.DEPARTURES, **paper.STAND_INS}.items()},
+    'walk_dropout': _walk_dropout,
 }
 
 

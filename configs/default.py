@@ -12,8 +12,9 @@ BOOKKEEPING = ('data.num_threads', 'data.manual_dir', 'train.init_from', 'train.
 # CRF-RNN settings that shape inference only (no parameter depends on them), so that
 # `eval.py --crf` may change them on a trained model; training depends on them only where a loss
 # reaches the CRF-RNN or its mean field refines Delta^S's target (config_lib.loss_reaches_crf).
-CRF_INFERENCE = ('model.crf.iters', 'model.crf.sigma_z', 'model.crf.sigma_r',
-                 'model.crf.bilateral_weight', 'model.crf.spatial_weight', 'model.crf.spatial_sxy')
+CRF_INFERENCE = ('model.crf.attention_unary', 'model.crf.iters', 'model.crf.sigma_z',
+                 'model.crf.sigma_r', 'model.crf.bilateral_weight', 'model.crf.spatial_weight',
+                 'model.crf.spatial_sxy')
 # What does not act in the Delta^C warm-up (the first train.warmup_steps steps train without
 # attention, Delta^S or the CRF-RNN, classifying from the CNN scores; a group stands for its keys).
 NOT_IN_WARMUP = ('model.attention', 'model.cls_from', 'model.crf', 'train.seg_loss_weight',
@@ -34,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.train_size = 20000
   config.data.val_size = 500
   config.data.test_size = 500
+  config.data.tune_size = 500  # the split that chooses inference settings (never reported)
   config.data.seed = 0
   # The synthetic world's generator (wsss_jax/data/synthetic.py: SyntheticWSSS's arguments).
   config.data.generator = ml_collections.ConfigDict()
@@ -48,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.generator.min_visible = 12       # pixels an object needs to count as tagged
   config.data.generator.center_bias = 0.0      # 0: object centres uniform; > 0: a centre prior
   config.data.num_threads = 1
-  # Real data (configs/voc12_largefov.py): TFDS data dir, raw VOCdevkit/SBD dir, training split,
+  # Real data (configs/voc12_ours.py): TFDS data dir, raw VOCdevkit/SBD dir, training split,
   # augmentation (crop, random scale, flip; crop_size 0 = none) and the eval padding size
   # (0 = none).
   config.data.data_dir = ''
@@ -86,6 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.attention.qp_tol = 1e-3
   config.model.attention.qp_iters = 50
   config.model.attention.stop_at = 'pool4'
+  # The training walk uses the dropout-masked activations (True) or the inference-mode network
+  # (False), as the walk at test time and the reference implementations do.
+  config.model.attention.walk_dropout = False
   config.model.attention.gradient = 'stop'   # stop (p^A is a target) |
                                              # through (QP's implicit grads)
   # Classes walked per image, background included (a static bound: the walk and QP cost scale
@@ -168,7 +173,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.class_threshold = 0.5  # sigmoid score above which a class is predicted present
   config.eval.tune_threshold = True  # ... chosen on the tags of eval.tune_split
                                      # instead (best mean F1)
-  config.eval.tune_split = 'val'     # the split whose tags choose the class threshold
+  # The split whose tags choose the class threshold: never the split a number is reported on
+  # (synthetic: 'tune', its own stream of images; VOC: no split is set aside, no tuning).
+  config.eval.tune_split = 'tune'
   config.eval.scales = (1.0,)    # multi-scale inference: p^S averaged over these scales
   config.eval.flip = False       # ... and their horizontal flips
   config.eval.dense_crf = ml_collections.ConfigDict()  # dense-CRF post-processing (B5)

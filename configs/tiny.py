@@ -9,6 +9,7 @@ def get_config():
   config.data.train_size = 256
   config.data.val_size = 16
   config.data.test_size = 16
+  config.data.tune_size = 16
   config.model.backbone.width = 0.0625
   config.model.backbone.depth = (1, 1, 1, 1, 1)
   config.model.backbone.fc6_dilation = 1

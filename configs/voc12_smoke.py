@@ -1,10 +1,10 @@
-"""configs/voc12_largefov.py shrunk to seconds, for the fake VOC tree the tests generate
+"""configs/voc12_ours.py shrunk to seconds, for the fake VOC tree the tests generate
 (`python -m wsss_jax.data.fake_voc --root=DIR`, then build it with wsss_jax.data.voc)."""
-from configs import voc12_largefov
+from configs import voc12_ours
 
 
 def get_config():
-  config = voc12_largefov.get_config()
+  config = voc12_ours.get_config()
   d = config.data
   d.data_dir = ''                             # set --config.data.data_dir
   d.image_size = d.crop_size = 48

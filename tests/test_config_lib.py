@@ -77,8 +77,8 @@ def test_keys_come_from_the_default_config(monkeypatch):
     config_lib.validate_config(config)
 
 
-@pytest.mark.parametrize('path', ['default', 'fully_supervised', 'tiny', 'voc12_largefov',
-                                  'voc12_smoke'])
+@pytest.mark.parametrize('path', ['default', 'fully_supervised', 'tiny', 'paper', 'voc12_ours',
+                                  'voc12_paper', 'voc12_smoke'])
 def test_every_config_file_has_exactly_the_default_keys(path):
   config = importlib.import_module(f'configs.{path}').get_config()
   assert config_lib.leaf_paths(config_lib.as_dict(config)) == config_lib.leaf_paths(
@@ -104,7 +104,8 @@ def _run(config, workdir):
 # aside); train.init_from is filled in with the reference run's workdir.
 PERTURB = {'data.num_threads': 2, 'data.manual_dir': '/nonexistent/voc', 'train.init_from': None,
            'train.checkpoint_every': 1, 'train.keep_checkpoints': 1, 'train.log_every': 1,
-           'train.progress_bar': True, 'model.crf.iters': 1, 'model.crf.sigma_z': 5.0,
+           'train.progress_bar': True, 'model.crf.attention_unary': False,
+           'model.crf.iters': 1, 'model.crf.sigma_z': 5.0,
            'model.crf.sigma_r': 40.0, 'model.crf.bilateral_weight': 2.0,
            'model.crf.spatial_weight': 1.5, 'model.crf.spatial_sxy': 5.0}
 

@@ -38,8 +38,8 @@ def test_eval_reports_miou_of_final_cnn_and_attention_maps():
   # its argmax is sensitive to the batch a kernel sees)
   infer = jax.jit(lambda p, x: model.infer(p, x, config))
   shards = [infer(params, x) for x in np.split(images, jax.device_count())]
-  pred = {key: np.concatenate([np.asarray(s[key]) for s in shards]) for key in shards[0]
-          if key != 'lattice_size'}
+  pred = {key: np.concatenate([np.asarray(s[key]) for s in shards])
+          for key in ('final', 'cnn', 'attention')}
   k = config.data.num_classes + 1
   got = {key: _numpy_miou(pred[key], masks, k) for key in ('final', 'cnn', 'attention')}
   assert res['miou'] == pytest.approx(got['final'], abs=1e-6)
@@ -120,5 +120,36 @@ def test_eval_json_of_a_split_without_labels_is_valid_and_holds_its_own_figures(
   assert written['miou'] is None and res['miou'] is None and written['split'] == 'test'
   assert all(v is None for v in written['iou'].values())
   assert 'tag_map' not in written and 'tag_ap' not in written
-  assert written['class_threshold_split'] == 'val'
+  assert written['class_threshold_split'] == 'tune'
   assert evaluation.percent(None) == 'n/a' and evaluation.percent(0.74154) == '74.15'
+
+
+class _Sealed:
+  """A split whose examples must not be read."""
+
+  def __init__(self, ds):
+    self.ds, self.class_names = ds, ds.class_names
+
+  def __len__(self):
+    return len(self.ds)
+
+  def __getitem__(self, i):
+    raise AssertionError('the sealed split was read')
+
+
+def test_the_class_threshold_is_chosen_on_the_tune_split_alone(monkeypatch):
+  """The protocol: choosing the class threshold reads the tune split only, so a number reported
+  on val or test was not tuned on its own tags. (The same check with tune_split = 'val' reads
+  val: the test can fail.)"""
+  config = helpers.tiny_config()
+  params = model.init_params(jax.random.key(3), config)
+  make = data.make_dataset
+  monkeypatch.setattr(data, 'make_dataset', lambda cfg, split: _Sealed(make(cfg, split))
+                      if split in ('val', 'test', 'train') else make(cfg, split))
+  assert config.eval.tune_split == 'tune'
+  threshold, f1 = evaluation.choose_class_threshold(params, config)
+  scores, tags = evaluation.image_scores(params, config, 'tune')
+  assert (threshold, f1) == evaluation.tune_class_threshold(scores, tags)
+  config.eval.tune_split = 'val'
+  with pytest.raises(AssertionError, match='sealed split was read'):
+    evaluation.choose_class_threshold(params, config)

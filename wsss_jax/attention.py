@@ -120,7 +120,7 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
                    stop_at: str = 'pool4', return_layers: bool = False,
                    max_classes: int | None = None, background: str = 'complement',
                    bg_power: float = 1.0, feedforward_weight: float = 0.0,
-                   top_signal: str = 'exclusive'):
+                   top_signal: str = 'exclusive', return_stats: bool = False):
   """p^A of Eq. (4): top-down attention for every class, (B, H, W, K), summing to 1 over classes.
 
   Walks Eqs. (5)-(6) from the FCL down to `stop_at`; with `neighbors`, at every conv and pooling
@@ -135,9 +135,11 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
   others (its own top-down walk); 'complement' scales each foreground map to peak 1 and gives
   background (1 - max_c fg_c)^bg_power before the per-pixel normalisation (docs/DESIGN.md);
   background is then not walked and `max_classes` still counts it (4 = 3 tags + background).
-  Returns p^A, and with `return_layers` also the
-  per-layer QP solutions (for KKT checks). The defaults are configs/default.py's
-  model.attention values (tests/test_config_lib.py checks that they agree).
+  Returns p^A; with `return_layers` also the per-layer QP solutions (for KKT checks); with
+  `return_stats` also {'qp_converged', 'qp_problems'}: how many of the QPs of the selected classes
+  (one per class, image and layer) met `qp_tol` within `qp_iters`, and how many there were.
+  The defaults are configs/default.py's model.attention values (tests/test_config_lib.py checks
+  that they agree).
   """
   scores = activations['fc8']
   b, gh, gw, k = scores.shape
@@ -188,6 +190,9 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
                               base.rank_one[:, None], radius)
   p = excitation_backprop(params, activations, cfg, top, stop_at,
                           after_layer=lateral_map if neighbors else None)[stop_at]
+  selected = jnp.take_along_axis(class_mask, classes, axis=1) > 0  # (B, T)
+  converged = [jnp.sum(sol.converged & selected) for _, _, sol in solutions.values()]
+  stats = {'qp_converged': sum(converged), 'qp_problems': len(solutions) * jnp.sum(selected)}
   spatial = jnp.sum(p, -1)  # (B, T, h, w)
   if t < k:
     spatial = jnp.einsum('bthw,btk->bkhw', spatial, jax.nn.one_hot(classes, k, dtype=spatial.dtype))
@@ -203,4 +208,5 @@ def attention_maps(params: Mapping[str, Any], activations: Mapping[str, jax.Arra
   uniform = class_mask[:, None, None, :] / jnp.maximum(
       jnp.sum(class_mask, -1), 1)[:, None, None, None]
   p_a = jnp.where(total > 1e-12, up / jnp.maximum(total, 1e-12), uniform)
-  return (p_a, solutions) if return_layers else p_a
+  out = (p_a,) + ((solutions,) if return_layers else ()) + ((stats,) if return_stats else ())
+  return out if len(out) > 1 else p_a

@@ -214,6 +214,22 @@ def avg_pool(x: jax.Array, kernel: int, stride: int) -> jax.Array:
   return s / count
 
 
+def _apply_layer(layer: Layer, params: Params, x: jax.Array, train: bool, rng):
+  """One layer forward; returns (output, rng left for the next dropout)."""
+  if layer.kind == 'conv':
+    p = params[layer.name]
+    return conv(x, p['w'], p['b'], layer.dilation), rng
+  if layer.kind == 'relu':
+    return jax.nn.relu(x), rng
+  if layer.kind == 'maxpool':
+    return max_pool(x, layer.kernel, layer.stride), rng
+  if layer.kind == 'avgpool':
+    return avg_pool(x, layer.kernel, layer.stride), rng
+  if layer.kind == 'dropout':
+    return x, rng
+  raise ValueError(f'unknown layer kind {layer.kind!r}')  # pragma: no cover
+
+
 def apply(params: Params, images: jax.Array, *, cfg: BackboneConfig, train: bool,
           rng: jax.Array | None = None, return_activations: bool = False):
   """Pixel scores f (N, H/8, W/8, K) for float images (N, H, W, 3).
@@ -228,25 +244,32 @@ def apply(params: Params, images: jax.Array, *, cfg: BackboneConfig, train: bool
   x = images
   acts = {'input': x}
   for layer in layer_specs(cfg):
-    if layer.kind == 'conv':
-      p = params[layer.name]
-      x = conv(x, p['w'], p['b'], layer.dilation)
-    elif layer.kind == 'relu':
-      x = jax.nn.relu(x)
-    elif layer.kind == 'maxpool':
-      x = max_pool(x, layer.kernel, layer.stride)
-    elif layer.kind == 'avgpool':
-      x = avg_pool(x, layer.kernel, layer.stride)
-    elif layer.kind == 'dropout':
-      if train and cfg.dropout_rate > 0:
-        rng, sub = jax.random.split(rng)
-        keep = jax.random.bernoulli(sub, 1.0 - cfg.dropout_rate, x.shape)
-        x = jnp.where(keep, x / (1.0 - cfg.dropout_rate), 0.0)
-    else:  # pragma: no cover - layer_specs only emits the kinds above
-      raise ValueError(f'unknown layer kind {layer.kind!r}')
+    if layer.kind == 'dropout' and train and cfg.dropout_rate > 0:
+      rng, sub = jax.random.split(rng)
+      keep = jax.random.bernoulli(sub, 1.0 - cfg.dropout_rate, x.shape)
+      x = jnp.where(keep, x / (1.0 - cfg.dropout_rate), 0.0)
+    else:
+      x, rng = _apply_layer(layer, params, x, train, rng)
     if return_activations:
       acts[layer.name] = x
   return (x, acts) if return_activations else x
+
+
+def inference_activations(params: Params, activations: dict[str, jax.Array],
+                          cfg: BackboneConfig) -> dict[str, jax.Array]:
+  """The activations of the inference-mode network (no dropout) from a training-mode pass's
+  (`apply(..., train=True, return_activations=True)`): the layers before the first dropout are
+  shared, the rest (fc7, fc8 in DeepLab-LargeFOV: cheap 1x1 convolutions) are recomputed
+  without the masks."""
+  layers = layer_specs(cfg)
+  out, x = dict(activations), None
+  for i, layer in enumerate(layers):
+    if x is None and layer.kind == 'dropout':
+      x = activations[layers[i - 1].name]
+    if x is not None:
+      x, _ = _apply_layer(layer, params, x, False, None)
+      out[layer.name] = x
+  return out
 
 
 def output_size(size: int) -> int:

@@ -63,8 +63,11 @@ def lateral_operator(images: jax.Array, radius: int, reading: str = 'diffusion',
   """Q = -D of the attention QP for each image, as a windowed operator for `qp`.
 
   reading='paper_eq9': Eq. (9) as printed, D = W_n - 1 1^T with W_n the
-    row-normalised Eq. (8) affinity, symmetrised: Q = 1 1^T - sym(W_n)
-    (copositive, indefinite; its MAP collapses onto few cells, see docs/DESIGN.md).
+    row-normalised Eq. (8) affinity, symmetrised: Q = 1 1^T - sym(W_n) + eps I
+    (copositive, indefinite; its MAP collapses onto few cells, see docs/DESIGN.md). eps = 0 is
+    the literal form, which is unbounded below along e_i when cell i has no similar neighbour
+    (its W_n row is e_i, so Q_ii = 0); any eps > 0 makes Q strictly copositive (a positive
+    diagonal, nonnegative elsewhere), hence the QP bounded: the smallest correction.
   reading='diffusion': D = A - (1 + eps) I with A = D_w^{-1/2} W D_w^{-1/2} the
     symmetrically normalised affinity (eigenvalues <= 1): Q = (1 + eps) I - A is
     positive definite and the MAP is a bilateral diffusion of b.
@@ -76,7 +79,7 @@ def lateral_operator(images: jax.Array, radius: int, reading: str = 'diffusion',
   n = images.shape[0]
   if reading == 'paper_eq9':
     w = qp.bilateral_weights(pos, hist, grid, radius, sigma_z, sigma_r)
-    return qp.BilateralOperator(w, -jnp.ones(n), jnp.zeros(n), jnp.ones(n), radius)
+    return qp.BilateralOperator(w, -jnp.ones(n), jnp.full((n,), eps), jnp.ones(n), radius)
   if reading == 'diffusion':
     w = qp.bilateral_weights(pos, hist, grid, radius, sigma_z, sigma_r, row_normalize=False)
     a = qp.normalize_symmetric(w, radius)

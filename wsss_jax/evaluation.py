@@ -115,8 +115,8 @@ class EvalRequest:
         e.flip = bool(self.flip)
       if self.class_threshold is not None:
         e.class_threshold, e.tune_threshold = float(self.class_threshold), False
-      for key, value in self.crf:
-        config.model.crf[key] = int(value) if key == 'iters' else float(value)
+      for key, value in self.crf:  # typed as the config's own value (bool, int or float)
+        config.model.crf[key] = type(config.model.crf[key])(value)
     return config
 
 
@@ -174,27 +174,31 @@ def tune_class_threshold(scores: np.ndarray, tags: np.ndarray) -> tuple[float, f
   return best
 
 
+def choose_class_threshold(params, config) -> tuple[float, float]:
+  """(threshold, its tag F1) chosen on eval.tune_split's tags alone (the protocol: a setting is
+  never chosen on the split its numbers are reported on)."""
+  return tune_class_threshold(*image_scores(params, config, config.eval.tune_split))
+
+
 def _tags_and_threshold(params, config, split: str, class_names: Sequence[str]):
   """(config with the class threshold to use, tag figures of `split`): the image classifier's
   per-class AP on `split`'s tags (when it has any), and the threshold chosen on
-  eval.tune_split's tags when eval.tune_threshold is set."""
-  e = config.eval
+  eval.tune_split when eval.tune_threshold is set."""
   figures = {}
-  scores = image_scores(params, config, split)
-  if scores[1].any():
-    ap = metrics.average_precision(*scores)
+  scores, tags = image_scores(params, config, split)
+  if tags.any():
+    ap = metrics.average_precision(scores, tags)
     figures = {'tag_map': float(np.nanmean(ap)),
                'tag_ap': {n: _finite(v) for n, v in zip(list(class_names)[1:], ap)}}
     print(f'image classification on {split}: mAP {100 * figures["tag_map"]:.1f} ('
-          + ', '.join(f'{n} {100 * v:.0f}' for n, v in figures['tag_ap'].items()
-                      if v is not None) + ')')
-  if e.tune_threshold:
-    tune = scores if e.tune_split == split else image_scores(params, config, e.tune_split)
-    threshold, f1 = tune_class_threshold(*tune)
+          + ', '.join(f'{n} {100 * v:.0f}' for n, v in figures['tag_ap'].items() if v is not None)
+          + ')')
+  if config.eval.tune_threshold:
+    threshold, f1 = choose_class_threshold(params, config)
     config = copy.deepcopy(config)
     with config.unlocked():
       config.eval.class_threshold = threshold
-    print(f'class threshold {threshold:.2f} (tag F1 {f1:.3f} on {e.tune_split})')
+    print(f'class threshold {threshold:.2f} (tag F1 {f1:.3f} on {config.eval.tune_split})')
   return config, figures
 
 
@@ -204,12 +208,15 @@ def _tags_and_threshold(params, config, split: str, class_names: Sequence[str]):
 def eval_step(params, batch, config):
   """Confusion matrices of this shard's label maps (final; CNN argmax p^S; attention argmax
   p^A, for the predicted classes), summed over all devices (and processes), the largest
-  CRF-RNN lattice any of them needed (0 without a CRF-RNN), and the maps."""
+  CRF-RNN lattice any of them needed (0 without a CRF-RNN), the attention QPs that converged
+  and their number (summed), and the maps."""
   k = config.data.num_classes + 1
   pred = model.infer(params, batch['image'], config)
   size = pred.pop('lattice_size', jax.numpy.zeros((), jax.numpy.int32))
+  qp = {key: pred.pop(key, jax.numpy.zeros((), jax.numpy.int32))
+        for key in ('qp_converged', 'qp_problems')}
   conf = {name: metrics.confusion_matrix(batch['mask'], maps, k) for name, maps in pred.items()}
-  return jax.lax.psum(conf, AXIS), jax.lax.pmax(size, AXIS), pred
+  return jax.lax.psum(conf, AXIS), jax.lax.pmax(size, AXIS), jax.lax.psum(qp, AXIS), pred
 
 
 def evaluate(params, config, split: str, *, workdir: str | None = None, step: int | None = None,
@@ -236,10 +243,12 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
   confs, shown, predictions = {}, [], {}
   limit = limit if limit is not None else (config.eval.num_examples or None)
   unlabelled = split == 'test' and hasattr(ds, 'name')
-  lattice_rows = 0
+  lattice_rows, qp = 0, np.zeros(2, np.int64)
   for batch in _eval_stream(ds, config, limit):
-    c, size, pred = p_eval(rparams, shard({kk: batch[kk] for kk in ('image', 'tags', 'mask')}))
+    c, size, qp_counts, pred = p_eval(rparams, shard({kk: batch[kk] for kk in ('image', 'tags',
+                                                                               'mask')}))
     lattice_rows = max(lattice_rows, int(np.asarray(size)[0]))
+    qp += [int(np.asarray(qp_counts[key])[0]) for key in ('qp_converged', 'qp_problems')]
     for name, m in c.items():
       confs[name] = confs.get(name, 0) + np.asarray(m[0], np.int64)
     if len(shown) < config.eval.num_images or unlabelled:
@@ -268,6 +277,13 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
                           for key in config_lib.declared('CRF_INFERENCE')},
             'iou': {n: _finite(v) for n, v in zip(names, iou)},
             'confusion': conf.tolist()}
+  if qp[1]:
+    result['qp_converged'] = float(qp[0] / qp[1])
+    if qp[0] < 0.99 * qp[1] and jax.process_index() == 0:
+      att = config.model.attention
+      print(f'warning: {qp[1] - qp[0]} of the {qp[1]} attention QPs on {split} stopped at '
+            f'model.attention.qp_iters = {att.qp_iters} before reaching qp_tol = {att.qp_tol} '
+            '(their maps are not KKT points): raise qp_iters')
   capacity = config.model.crf.lattice_capacity
   if capacity and lattice_rows:
     result['lattice_fill'] = lattice_rows / capacity

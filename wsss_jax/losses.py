@@ -61,7 +61,8 @@ def training_loss(params, batch, rng, config):
   image; terms {'cls_loss', 'seg_loss'}. Fully supervised (the upper bound): pixel cross-entropy
   on the masks; terms {'seg_loss'}. Telemetry holds what is measured along the way without being
   part of the loss: 'lattice_fill', the largest (rows needed / capacity) of the CRF-RNN mean
-  fields this step computes.
+  fields this step computes, and 'qp_converged', the share of the attention's QPs that met their
+  tolerance (with the lateral term).
   """
   if config.train.mode == 'fully_supervised':
     out = model.forward(params, batch['image'], config, train=True, rng=rng)
@@ -99,4 +100,7 @@ def training_loss(params, batch, rng, config):
     fills.append(out['lattice_size'] / cap)
   if fills:
     telemetry['lattice_fill'] = jnp.max(jnp.stack(fills)).astype(jnp.float32)
+  if 'qp_problems' in out:  # share of the attention QPs that met model.attention.qp_tol
+    telemetry['qp_converged'] = (out['qp_converged'] / jnp.maximum(out['qp_problems'], 1)
+                                 ).astype(jnp.float32)
   return loss, (terms, telemetry)

@@ -75,8 +75,9 @@ def crf_kernels(config: Mapping[str, Any]) -> tuple[crf.Kernel, ...]:
   return tuple(kernels)
 
 
-def attention_map(params, activations, images, class_mask, config) -> jax.Array:
-  """p^A (B, H, W, K) for the classes in class_mask, from one forward pass's activations."""
+def attention_map(params, activations, images, class_mask, config):
+  """p^A (B, H, W, K) for the classes in class_mask, from one forward pass's activations, and
+  the QP statistics {'qp_converged', 'qp_problems'} (attention.attention_maps)."""
   a = config['model']['attention']
   fcl = params.get('fcl')
   fcl_w = None if fcl is None else aggregation.fcl_positional_weights(
@@ -91,7 +92,8 @@ def attention_map(params, activations, images, class_mask, config) -> jax.Array:
       eps=a['eps'], radius=a['radius'], qp_tol=a['qp_tol'], qp_iters=a['qp_iters'],
       stop_at=a['stop_at'], max_classes=a['max_classes'] or None, background=a['background'],
       bg_power=a['bg_power'], feedforward_weight=a['feedforward_weight'],
-      top_signal=a['top_signal'])
+      top_signal=a['top_signal'],
+      return_stats=True)
 
 
 def image_logits(params: Mapping[str, Any], scores: jax.Array,
@@ -130,10 +132,12 @@ def refine(params, images, out, acts, class_mask, config, *, attention_unary: bo
   out = dict(out)
   p_a = None
   if m['attention']['enabled'] and class_mask is not None:
-    p_a = attention_map(params, acts, images, class_mask, config)
+    p_a, stats = attention_map(params, acts, images, class_mask, config)
     if m['attention']['gradient'] == 'stop':
       p_a = jax.lax.stop_gradient(p_a)
     out['attention'] = p_a
+    if m['attention']['neighbors']:
+      out.update(stats)
   if m['crf']['enabled']:
     use_att = m['crf']['attention_unary'] if attention_unary is None else attention_unary
     logits, probs, size = crf.crf_rnn(
@@ -199,6 +203,9 @@ def segment(params: Mapping[str, Any], images: jax.Array, config: Mapping[str, A
   flows into it unless model.attention.gradient = 'through'.
   """
   out, acts = bottom_up(params, images, config, train=train, rng=rng)
+  if train and not config['model']['attention']['walk_dropout']:
+    # the top-down walk of the inference-mode network, as at test time (no dropout masks)
+    acts = backbone.inference_activations(params['backbone'], acts, backbone_config(config))
   return refine(params, images, out, acts, class_mask, config, attention_unary=attention_unary)
 
 
@@ -229,7 +236,8 @@ def infer(params: Mapping[str, Any], images: jax.Array,
   optional dense-CRF post-processing (eval.dense_crf: B5) and multi-scale/flip averaging of p^S.
   Returns label maps 'final', 'cnn' (argmax p^S) and, with attention, 'attention' (argmax p^A);
   when the CRF-RNN ran, also 'lattice_size': the lattice rows its largest image needed (more than
-  model.crf.lattice_capacity means lattice points were dropped)."""
+  model.crf.lattice_capacity means lattice points were dropped); with the lateral QP, also
+  'qp_converged' / 'qp_problems' (attention.attention_maps)."""
   e = config['eval']
   out, acts = bottom_up(params, images, config, train=False)
   if len(e['scales']) > 1 or e['flip'] or float(e['scales'][0]) != 1.0:
@@ -250,8 +258,9 @@ def infer(params: Mapping[str, Any], images: jax.Array,
   pred = {'final': jnp.argmax(probs, -1), 'cnn': jnp.argmax(out['p_s'], -1)}
   if 'attention' in out:
     pred['attention'] = jnp.argmax(out['attention'], -1)
-  if 'lattice_size' in out:
-    pred['lattice_size'] = out['lattice_size']
+  for key in ('lattice_size', 'qp_converged', 'qp_problems'):
+    if key in out:
+      pred[key] = out[key]
   return pred
 
 

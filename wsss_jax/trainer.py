@@ -97,7 +97,7 @@ class MetricsWindow:
     self.schedule = optimizers.learning_rate_schedule(config)
     self.steps: list[tuple[int, dict[str, Any]]] = []
     self.start = time.perf_counter()
-    self.warned_fill = False
+    self.warned_fill = self.warned_qp = False
 
   def add(self, step: int, aux: Mapping[str, Any]) -> None:
     self.steps.append((step, aux))
@@ -119,6 +119,12 @@ class MetricsWindow:
             f'model.crf.lattice_capacity ({config.model.crf.lattice_capacity}) CRF-RNN lattice '
             'rows: points past it are dropped; raise it or set it to 0 (worst case). '
             'Warned once; metrics.jsonl logs lattice_fill_max per window.')
+    if scalars.get('qp_converged', 1.0) < 0.99 and not self.warned_qp:
+      self.warned_qp = True
+      print(f'warning: at step {step} only {100 * scalars["qp_converged"]:.1f}% of the attention '
+            f'QPs reached model.attention.qp_tol within qp_iters = '
+            f'{config.model.attention.qp_iters} (the rest are not KKT points): raise qp_iters. '
+            'Warned once; metrics.jsonl logs qp_converged per window.')
     if bad:
       first, row = bad[0]
       terms = ', '.join(f'{k}={v:.4g}' for k, v in row.items() if k != 'nonfinite')

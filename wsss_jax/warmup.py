@@ -50,12 +50,13 @@ def warmup_signature(config) -> dict[str, Any]:
   for key in config_lib.declared('NOT_IN_WARMUP'):
     config_lib.pop_path(sig, key)
   other_head = warmup_trains_other_head(config)
+  has_fcl = config.model.aggregation == 'fcl'
   sig['model']['crf_enabled'] = bool(config.model.crf.enabled)  # whether the CRF-RNN has parameters
-  # the parameter tree (and decay mask)
-  sig['model']['fcl_params'] = config.model.aggregation == 'fcl'
-  sig['model']['fcl_decay'] = not other_head
-  if other_head:  # the FCL gets no step in the warm-up: it ends at its init, which
-    sig['train'].pop('fcl_lr_scale')  # init_from_warmup takes from this run's form
+  sig['model']['fcl_params'] = has_fcl  # the parameter tree (and decay mask)
+  if has_fcl:
+    sig['model']['fcl_decay'] = not other_head
+  if other_head or not has_fcl:  # no FCL, or it gets no step in the warm-up: it ends at its
+    sig['train'].pop('fcl_lr_scale')  # init, which init_from_warmup takes from this run's form
     sig['model'].pop('fcl_form', None)
   if int(config.train.lr_decay_every) >= int(config.train.warmup_steps):  # no decay in the warm-up
     sig['train'].pop('lr_decay_every')

@@ -35,7 +35,7 @@ def make_dataset(data_cfg: Mapping[str, Any], split: str):
   name = data_cfg['name']
   if name == 'synthetic':
     sizes = {'train': data_cfg['train_size'], 'val': data_cfg['val_size'],
-             'test': data_cfg['test_size']}
+             'test': data_cfg['test_size'], 'tune': data_cfg.get('tune_size', 0)}
     if split not in sizes:
       raise DataError(f'unknown split {split!r}; synthetic data has {sorted(sizes)}')
     return SyntheticWSSS(split, sizes[split], image_size=data_cfg['image_size'],
@@ -54,7 +54,7 @@ def _required(data_cfg: Mapping[str, Any], key: str):
   value = data_cfg.get(key)
   if value in (None, 0, '', ()):
     raise DataError(f'config.data.{key} is not set: a voc2012 config states it '
-                    '(configs/voc12_largefov.py)')
+                    '(configs/voc12_ours.py)')
   return value
 
 

@@ -27,7 +27,7 @@ It is hard for weak supervision in the ways PASCAL VOC is:
   0.85 - 0.35 b] of the image (a photographer's centre prior, as in VOC;
   clutter stays uniform).
 
-Knobs (constructor arguments): `split` ('train' | 'val' | 'test', disjoint
+Knobs (constructor arguments): `split` ('train' | 'val' | 'test' | 'tune', disjoint
 random streams), `num_examples`, `image_size`, `num_classes` (2..8),
 `seed` (one seed for the class definitions and all splits),
 `max_objects`, `scale_range` (body diameter as a fraction of the image),
@@ -54,7 +54,7 @@ FAMILIES = (
     ((120, 140, 80), (30, 35, 25), 4.5, 1, 0.65),
     ((160, 130, 150), (-40, -40, -35), 7.5, 3, 0.5),
 )
-SPLITS = {'train': 0, 'val': 1, 'test': 2}
+SPLITS = {'train': 0, 'val': 1, 'test': 2, 'tune': 3}
 
 
 class SyntheticWSSS:
