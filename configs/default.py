@@ -60,6 +60,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.scale_range = (1.0, 1.0)
   config.data.flip = False
   config.data.eval_size = 0
+  # A folder of <id>.png label maps in SegmentationClassAug/ (pseudo_labels.py writes them) that
+  # replace the train split's masks: a fully supervised second stage on pseudo-labels.
+  config.data.train_masks = ''
 
   config.model = ml_collections.ConfigDict()
   config.model.backbone = ml_collections.ConfigDict()

@@ -79,7 +79,8 @@ def test_inference_without_confident_class_falls_back_to_background():
   pred, seg = jax.jit(lambda p, x, m: (model.infer(p, x, config),
                                        model.segment(p, x, config, m, train=False)))(
       params, images, mask)
-  assert set(pred) == {'final', 'cnn', 'attention', 'lattice_size', 'qp_converged', 'qp_problems'}
+  assert set(pred) == {'final', 'cnn', 'attention', 'attention_probs', 'lattice_size',
+                       'qp_converged', 'qp_problems'}
   np.testing.assert_array_equal(np.asarray(pred['final']), 0)
   np.testing.assert_array_equal(np.asarray(pred['attention']), 0)
   for key in ('attention', 'crf_probs', 'crf_logits', 'p_s'):

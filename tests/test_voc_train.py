@@ -65,6 +65,17 @@ def test_voc_smoke_train_eval_and_server_output(tmp_path):
     members = sorted(m.name for m in tar.getmembers() if m.isfile())
   assert members == sorted(f'results/VOC2012/Segmentation/comp5_test_cls/{n}.png'
                            for n in fake.test)
+  # Pseudo-labels of train_aug in the SegmentationClassAug layout, named by VOC id, original size.
+  res = helpers.run('pseudo_labels.py', f'--workdir={workdir}', f'--out={tmp_path / "pseudo"}',
+                    '--split=train_aug', '--num=3')
+  assert res.returncode == 0, res.stderr[-3000:]
+  train_aug = voc.load(tmp_path / 'tfds', 'train_aug')
+  for i in range(3):
+    name = train_aug.name(i)
+    png = Image.open(tmp_path / 'pseudo' / 'SegmentationClassAug' / f'{name}.png')
+    assert png.mode == 'P' and png.size == tuple(reversed(train_aug[i]['image'].shape[:2]))
+  pseudo = json.loads((tmp_path / 'pseudo' / 'pseudo_labels_train_aug.json').read_text())
+  assert pseudo['written'] == 3 and 0 <= pseudo['miou'] <= 1
   report = json.loads((workdir / 'eval_test.json').read_text(), parse_constant=_no_nan)
   assert report['miou'] is None and 'tag_map' not in report  # no figure of another split
 

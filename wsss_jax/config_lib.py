@@ -243,7 +243,8 @@ ADDED_KEYS = {'init_weights': '', 'train.nonfinite': 'skip', 'data.data_dir': ''
               'data.generator.part_scale': 0.3, 'data.generator.clutter': 4,
               'data.generator.clutter_body_prob': 0.3, 'data.generator.cooccur_prob': 0.5,
               'data.generator.noise_std': 6.0, 'data.generator.min_visible': 12,
-              'eval.tune_split': 'val', 'model.attention.walk_dropout': True, 'data.tune_size': 0}
+              'eval.tune_split': 'val', 'model.attention.walk_dropout': True, 'data.tune_size': 0,
+              'data.train_masks': ''}
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

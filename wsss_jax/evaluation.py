@@ -21,7 +21,7 @@ import numpy as np
 from flax import jax_utils
 from jax.experimental import multihost_utils
 
-from wsss_jax import checkpointing, config_lib, data, metrics, model, visualize
+from wsss_jax import checkpointing, config_lib, data, metrics, model, summaries, visualize
 from wsss_jax import state as state_lib
 from wsss_jax.config_lib import ConfigError
 from wsss_jax.parallel import AXIS, shard
@@ -215,7 +215,8 @@ def eval_step(params, batch, config):
   size = pred.pop('lattice_size', jax.numpy.zeros((), jax.numpy.int32))
   qp = {key: pred.pop(key, jax.numpy.zeros((), jax.numpy.int32))
         for key in ('qp_converged', 'qp_problems')}
-  conf = {name: metrics.confusion_matrix(batch['mask'], maps, k) for name, maps in pred.items()}
+  conf = {name: metrics.confusion_matrix(batch['mask'], maps, k) for name, maps in pred.items()
+          if name != 'attention_probs'}
   return jax.lax.psum(conf, AXIS), jax.lax.pmax(size, AXIS), jax.lax.psum(qp, AXIS), pred
 
 
@@ -252,16 +253,23 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
     for name, m in c.items():
       confs[name] = confs.get(name, 0) + np.asarray(m[0], np.int64)
     if len(shown) < config.eval.num_images or unlabelled:
+      probs = pred.pop('attention_probs', None)
       pred = {kk: np.asarray(v).reshape(batch['mask'].shape) for kk, v in pred.items()}
+      if probs is not None and len(shown) < config.eval.num_images:
+        probs = np.asarray(probs).reshape(batch['mask'].shape + (k,))
       sizes = batch.get('size', np.tile(batch['mask'].shape[1:], (len(batch['mask']), 1)))
       for i in np.nonzero(batch['valid'])[0]:
         h, w = sizes[i]
         if unlabelled:
           predictions[ds.name(int(batch['index'][i]))] = pred['final'][i, :h, :w]
         if len(shown) < config.eval.num_images:
-          shown.append([batch['image'][i, :h, :w]]
-                       + [pred[kk][i, :h, :w] for kk in ('attention', 'cnn', 'final')
-                          if kk in pred] + [batch['mask'][i, :h, :w]])
+          row = {'image': batch['image'][i, :h, :w], 'cnn': pred['cnn'][i, :h, :w],
+                 'final': pred['final'][i, :h, :w],
+                 'truth': None if unlabelled else batch['mask'][i, :h, :w]}
+          if probs is not None:  # heat maps of the predicted foreground classes
+            row['attention'] = probs[i, :h, :w]
+            row['classes'] = [int(c) for c in range(1, k) if probs[i, :h, :w, c].max() > 0]
+          shown.append(row)
   conf = confs.get('final', np.zeros((k, k), np.int64))
   iou = metrics.iou_per_class(conf)
   # The parts of the pipeline on their own (diagnostics: what the CRF-RNN adds to p^S, how good
@@ -311,24 +319,38 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
               + ', '.join(f'{PART_NAMES[n]} {percent(v)}' for n, v in parts.items()))
     config_lib.atomic_write(os.path.join(workdir, f'eval_{suffix}.json'),
                             json.dumps(result, indent=1, allow_nan=False))
-    visualize.save_grid(os.path.join(workdir, f'examples_{suffix}.png'), shown)
+    visualize.save_examples(os.path.join(workdir, f'examples_{suffix}.png'), shown, names)
+    log = summaries.RunLog(workdir)
+    log.evaluation(result)
+    log.close()
   return result
+
+
+def load_trained(workdir: str, step: int | None = None, request: EvalRequest | None = None):
+  """(config, params, step) of a train.py workdir's latest (or given) checkpoint, the config with
+  `request`'s inference settings and the attention's class bound resolved from the data."""
+  if not os.path.isdir(workdir):
+    raise ConfigError(f'workdir {workdir} is not a directory')
+  config = (request or EvalRequest()).apply(config_lib.load_config(workdir))
+  config_lib.validate_config(config)
+  mngr = checkpointing.checkpoint_manager(workdir, config, read_only=True)
+  try:
+    state = checkpointing.restore_state(
+        mngr, state_lib.create_state(config, jax.random.key_data(jax.random.key(0))), step)
+  finally:
+    mngr.close()
+  config = config_lib.with_class_bound(
+      config, data.max_tags(data.make_dataset(config.data, 'train')))
+  return config, state.params, int(state.step)
 
 
 def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None,
                      request: EvalRequest | None = None) -> dict[str, Any]:
   """Evaluate the latest (or given) checkpoint of a train.py workdir (the job behind eval.py)."""
-  if not os.path.isdir(workdir):
-    raise ConfigError(f'workdir {workdir} is not a directory')
   request = request or EvalRequest()
-  config = request.apply(config_lib.load_config(workdir))
-  config_lib.validate_config(config)
-  mngr = checkpointing.checkpoint_manager(workdir, config, read_only=True)
-  state = checkpointing.restore_state(
-      mngr, state_lib.create_state(config, jax.random.key_data(jax.random.key(0))), step)
+  config, params, step = load_trained(workdir, step, request)
   split = split or config.eval.split
-  result = evaluate(state.params, config, split, workdir=workdir, step=int(state.step),
-                    variant=request.variant(), partial_archive=request.partial_archive)
-  print(f'{split} mIoU: {percent(result["miou"])} (step {int(state.step)})')
-  mngr.close()
+  result = evaluate(params, config, split, workdir=workdir, step=step, variant=request.variant(),
+                    partial_archive=request.partial_archive)
+  print(f'{split} mIoU: {percent(result["miou"])} (step {step})')
   return result

@@ -234,7 +234,8 @@ def infer(params: Mapping[str, Any], images: jax.Array,
   """Inference without tags (Sec. 7): classes predicted from the image scores
   (eval.class_threshold), attention for them (unless eval.attention is False: B6), CRF-RNN,
   optional dense-CRF post-processing (eval.dense_crf: B5) and multi-scale/flip averaging of p^S.
-  Returns label maps 'final', 'cnn' (argmax p^S) and, with attention, 'attention' (argmax p^A);
+  Returns label maps 'final', 'cnn' (argmax p^S) and, with attention, 'attention' (argmax p^A)
+  and 'attention_probs' (p^A itself, zero for the classes not predicted);
   when the CRF-RNN ran, also 'lattice_size': the lattice rows its largest image needed (more than
   model.crf.lattice_capacity means lattice points were dropped); with the lateral QP, also
   'qp_converged' / 'qp_problems' (attention.attention_maps)."""
@@ -258,6 +259,7 @@ def infer(params: Mapping[str, Any], images: jax.Array,
   pred = {'final': jnp.argmax(probs, -1), 'cnn': jnp.argmax(out['p_s'], -1)}
   if 'attention' in out:
     pred['attention'] = jnp.argmax(out['attention'], -1)
+    pred['attention_probs'] = out['attention']
   for key in ('lattice_size', 'qp_converged', 'qp_problems'):
     if key in out:
       pred[key] = out[key]

@@ -8,7 +8,6 @@ pure functions of (seed, step), so a resumed run equals an uninterrupted one bit
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -30,6 +29,7 @@ from wsss_jax import (
   losses,
   model,
   optimizers,
+  summaries,
   warmup,
   weights,
 )
@@ -63,16 +63,6 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
   return new, aux
 
 
-def _log_metrics(workdir: str, record: Mapping[str, Any]) -> None:
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, 'metrics.jsonl')
-    try:
-      with open(path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
-    except OSError as e:
-      raise config_lib.CheckpointError(f'cannot write {path}: {e}') from None
-
-
 def window_summary(window: list[tuple[int, dict[str, Any]]]) -> tuple[dict[str, float], list]:
   """Mean of each metric over the finite steps of a logging window, and the non-finite
   steps as (step, metrics) pairs."""
@@ -88,12 +78,13 @@ def window_summary(window: list[tuple[int, dict[str, Any]]]) -> tuple[dict[str, 
 
 
 class MetricsWindow:
-  """The steps since the last log line. `flush` writes their means to metrics.jsonl with the
-  step, learning rate and images/s, warns once when the CRF-RNN lattice overflowed, and reports
-  non-finite steps (with config.train.nonfinite = 'stop': a NonFiniteError)."""
+  """The steps since the last log line. `flush` writes their means with the step, learning rate
+  and images/s to metrics.jsonl and TensorBoard (summaries.RunLog), warns once when the CRF-RNN
+  lattice overflowed or the attention QPs stopped short, and reports non-finite steps (with
+  config.train.nonfinite = 'stop': a NonFiniteError)."""
 
-  def __init__(self, config, workdir: str, bar):
-    self.config, self.workdir, self.bar = config, workdir, bar
+  def __init__(self, config, log: summaries.RunLog, bar):
+    self.config, self.log, self.bar = config, log, bar
     self.schedule = optimizers.learning_rate_schedule(config)
     self.steps: list[tuple[int, dict[str, Any]]] = []
     self.start = time.perf_counter()
@@ -110,7 +101,7 @@ class MetricsWindow:
     ips = len(self.steps) * config.train.batch_size / (time.perf_counter() - self.start)
     step = self.steps[-1][0]
     scalars.update(step=step, lr=float(self.schedule(step - 1)), images_per_sec=ips)
-    _log_metrics(self.workdir, scalars)
+    self.log.train(scalars)
     self.bar.set_postfix(loss=f'{scalars["loss"]:.4f}', img_s=f'{ips:.0f}')
     self.start, self.steps = time.perf_counter(), []
     if scalars.get('lattice_fill_max', 0.0) > 1.0 and not self.warned_fill:
@@ -246,7 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   bar = tqdm(total=num_steps, initial=start, unit='step', dynamic_ncols=True,
              disable=not config.train.progress_bar or jax.process_index() != 0)
-  window = MetricsWindow(config, workdir, bar)
+  log = summaries.RunLog(workdir)
+  window = MetricsWindow(config, log, bar)
   pending_stop, done = None, start
   with PreemptionGuard() as guard, checkpointing.finish_saves_on_error(mngr):
     for step in range(start, num_steps):
@@ -273,10 +265,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointing.save_state(mngr, jax_utils.unreplicate(rstate))
     checkpointing.finish_saves(mngr)
     mngr.close()
+    log.close()
     print(f'preempted: saved a checkpoint at step {done} in {workdir}; '
           'rerun the same command to resume')
     return {'preempted': True, 'step': done}
   checkpointing.finish_saves(mngr)
+  log.curves()
+  log.close()
   params = jax_utils.unreplicate(rstate).params
   result = evaluation.evaluate(params, config, config.eval.split, workdir=workdir, step=num_steps)
   print(f'{config.eval.split} mIoU: {evaluation.percent(result["miou"])}')

@@ -21,6 +21,7 @@ import numpy as np
 
 from wsss_jax.constants import IGNORE_LABEL
 from wsss_jax.data import augment as augment_lib
+from wsss_jax.data import label_folder
 from wsss_jax.data.augment import DataError, TrainAugment
 from wsss_jax.data.synthetic import SyntheticWSSS
 
@@ -30,8 +31,16 @@ def make_dataset(data_cfg: Mapping[str, Any], split: str):
 
   voc2012: split 'train' reads `data_cfg.train_split` (the paper trains on 'train_aug');
   'train_aug', 'val' and 'test' read that split. An unbuilt dataset is a voc.DatasetError
-  carrying the build command.
+  carrying the build command. With `data_cfg.train_masks` set, the train split's masks are the
+  label maps in that folder (label_folder.MasksFromFolder: a second stage on pseudo-labels).
   """
+  ds = _dataset(data_cfg, split)
+  if split == 'train' and data_cfg.get('train_masks'):
+    ds = label_folder.MasksFromFolder(ds, data_cfg['train_masks'])
+  return ds
+
+
+def _dataset(data_cfg: Mapping[str, Any], split: str):
   name = data_cfg['name']
   if name == 'synthetic':
     sizes = {'train': data_cfg['train_size'], 'val': data_cfg['val_size'],
