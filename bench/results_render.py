@@ -97,6 +97,32 @@ def _departure_table(results):
   return out
 
 
+def _second_stage(results):
+  stage = results.get('second_stage')
+  if not stage:
+    return []
+  worlds = sorted(stage['worlds'], key=int)
+  per = [stage['worlds'][w] for w in worlds]
+  rows = results['rows']
+  cell = lambda vals: _cell(vals, len(worlds))  # noqa: E731
+  ints = [int(w) for w in worlds]
+  return ['## Pseudo-labels and a second stage', '',
+          "The default method's run labels the train split from its ground-truth tags "
+          '(`pseudo_labels.py`, confidence ' + f'{stage["confidence"]:g}' + '); the fully '
+          'supervised configuration trained on those labels is the second stage '
+          '(`python bench/second_stage.py`), worlds ' + ', '.join(worlds) + '.', '',
+          '| | train (pseudo-labels) | val | test |', '|---|---|---|---|',
+          '| pseudo-labels of the default method | '
+          f'{cell([p["pseudo_miou"] for p in per])} | - | - |',
+          f'| first stage (the default method) | - | {cell(_values(rows, "full", ints, "val"))} | '
+          f'{cell(_values(rows, "full", ints, "test"))} |',
+          f'| second stage (fully supervised on the pseudo-labels) | - | '
+          f'{cell([p["val"] for p in per])} | {cell([p["test"] for p in per])} |',
+          f'| fully supervised on the true masks | - | '
+          f'{cell(_values(rows, "fully_supervised", ints, "val"))} | '
+          f'{cell(_values(rows, "fully_supervised", ints, "test"))} |', '']
+
+
 def results_md(results) -> str:
   """docs/RESULTS.md up to its hand-written diagnoses."""
   held = [w for w in results['worlds'] if w != 0]
@@ -128,7 +154,9 @@ def results_md(results) -> str:
             'DEPARTURES, STAND_INS; configs/ablation.py:printed_<name>), as the change of mIoU '
             'against the default, paired by world, worlds ' + ', '.join(
                 map(str, results['departure_worlds'])) + '.', '']
-  lines += _departure_table(results) + ['', '## Run time', '']
+  lines += _departure_table(results) + ['']
+  lines += _second_stage(results)
+  lines += ['## Run time', '']
   for sw in results.get('sweeps', []):
     kinds = [k for k, _ in sw['tasks'].values()]
     lines.append(f'- {sw["date"]}: {len(kinds)} tasks ({kinds.count("train")} trainings) in '
