@@ -279,7 +279,8 @@ def evaluate(params, config, split: str, *, workdir: str | None = None, step: in
   result = {'split': split, 'variant': variant, 'step': step,
             'miou': _finite(metrics.mean_iou(conf)), **parts,
             'class_threshold': float(config.eval.class_threshold),
-            'class_threshold_split': config.eval.tune_split if config.eval.tune_threshold else None,
+            'class_threshold_split': (config.eval.tune_split if config.eval.tune_threshold
+                                      and config.train.mode == 'weak' else None),
             **tag_figures,
             'model_crf': {key.rpartition('.')[2]: config_lib.get_path(config, key)
                           for key in config_lib.declared('CRF_INFERENCE')},
