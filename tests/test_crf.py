@@ -25,18 +25,18 @@ def test_dense_crf_matches_pydensecrf2_on_photos():
   The marginals differ a little because the spatial kernel runs on the pixel
   grid here and on a lattice there: measured mean |dQ| 5e-5, 99.9th percentile
   0.011 / 0.014, max 0.050 / 0.060 (tested: 5e-4, 0.03, 0.1)."""
-  pytest.importorskip("pydensecrf.densecrf", reason="pip install pydensecrf2")
+  pytest.importorskip('pydensecrf.densecrf', reason='pip install pydensecrf2')
   k = 21
   rng = np.random.default_rng(0)
-  for name in ("astronaut", "coffee"):
+  for name in ('astronaut', 'coffee'):
     im = photo(name, (160, 128))
     p = noisy_probs(colour_labels(im, k), k, rng)
     ref = pydensecrf_marginals(p, im)  # pydensecrf's usual kernels, as dense_crf's defaults
     ours = np.asarray(crf.dense_crf(p[None], im[None]))[0]
     agree = (ours.argmax(-1) == ref.argmax(-1)).mean()
     changed = (ref.argmax(-1) != p.argmax(-1)).mean()
-    assert changed > 0.3, f"{name}: the CRF barely acted ({changed:.2f})"
-    assert agree >= 0.98, f"{name}: {agree:.4f} of pixels agree with pydensecrf2"
+    assert changed > 0.3, f'{name}: the CRF barely acted ({changed:.2f})'
+    assert agree >= 0.98, f'{name}: {agree:.4f} of pixels agree with pydensecrf2'
     diff = np.abs(ours - ref)
     assert diff.mean() < 5e-4 and np.quantile(diff, 0.999) < 0.03 and diff.max() < 0.1, (
       name, diff.mean(), np.quantile(diff, 0.999), diff.max())
@@ -90,7 +90,11 @@ def test_dense_crf_batched_zeros_and_errors():
     np.testing.assert_allclose(batched[i], single, rtol=1e-5, atol=1e-6)
   jitted = np.asarray(jax.jit(lambda a, b: crf.dense_crf(a, b, iters=5))(p, ims))
   np.testing.assert_allclose(jitted, batched, rtol=1e-5, atol=1e-6)
-  with pytest.raises(ValueError, match=r"probs \(1, 18, 20, 4\), image \(1, 18, 21, 3\)"):
+  # vmapped, as accelerators batch it (the largest lattice of the batch sets the filter's size)
+  mapped = np.asarray(jax.jit(jax.vmap(lambda a, b: crf.dense_crf(a[None], b[None], iters=5)[0]))(
+    p, ims))
+  np.testing.assert_allclose(mapped, batched, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match=r'probs \(1, 18, 20, 4\), image \(1, 18, 21, 3\)'):
     crf.dense_crf(p[:1], np.zeros((1, 18, 21, 3), np.uint8))
 
 KERNELS = (crf.Kernel(3.0, None, 1.0), crf.Kernel(5.0, 20.0, 2.0))
@@ -122,21 +126,24 @@ def test_crf_rnn_gradients_finite_differences():
   im = jnp.asarray(blob_image(rng, h, w))
   ps = jnp.asarray(noisy_probs(rng.integers(0, k, (h, w)), k, rng))[None]
   pa = jnp.asarray(noisy_probs(rng.integers(0, k, (h, w)), k, rng))[None]
-  params = {"compat": crf.init_params(k)["compat"] + 0.3 * jnp.asarray(rng.normal(size=(k, k)), jnp.float32)}
+  params = {'compat': crf.init_params(k)['compat']
+                      + 0.3 * jnp.asarray(rng.normal(size=(k, k)), jnp.float32)}
   target = jnp.asarray(rng.dirichlet(np.ones(k), size=(1, h, w)), jnp.float32)
 
   def loss(compat, ps, pa):
-    _, q = crf.crf_rnn({"compat": compat}, ps, im[None], pa, kernels=KERNELS, iters=3)
+    _, q = crf.crf_rnn({'compat': compat}, ps, im[None], pa, kernels=KERNELS, iters=3)
     return -jnp.sum(target * jnp.log(q))
 
   loss = jax.jit(loss)
-  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params["compat"], ps, pa)
-  args = [params["compat"], ps, pa]
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params['compat'], ps, pa)
+  args = [params['compat'], ps, pa]
   for i, g in enumerate(grads):
     direction = jnp.asarray(rng.normal(size=args[i].shape), jnp.float32)
     eps = 1e-2 if i == 0 else 1e-3
-    plus = list(args); plus[i] = args[i] + eps * direction
-    minus = list(args); minus[i] = args[i] - eps * direction
+    plus = list(args)
+    plus[i] = args[i] + eps * direction
+    minus = list(args)
+    minus[i] = args[i] - eps * direction
     fd = (float(loss(*plus)) - float(loss(*minus))) / (2 * eps)
     an = float(jnp.sum(g * direction))
     assert abs(fd - an) <= 2e-2 * abs(an) + 1e-3, (i, fd, an)
@@ -151,14 +158,23 @@ def test_crf_rnn_batched_zero_probs_and_shape_error():
   pa = np.zeros_like(ps)
   pa[..., 0] = 1.0                           # one-hot attention: exact zeros
   params = crf.init_params(k)
-  fn = jax.jit(lambda c, a, b: crf.crf_rnn({"compat": c}, a, ims, b, kernels=KERNELS))
-  logits, probs = fn(params["compat"], jnp.asarray(ps), jnp.asarray(pa))
+  fn = jax.jit(lambda c, a, b: crf.crf_rnn({'compat': c}, a, ims, b, kernels=KERNELS))
+  logits, probs = fn(params['compat'], jnp.asarray(ps), jnp.asarray(pa))
   assert np.isfinite(np.asarray(logits)).all() and np.isfinite(np.asarray(probs)).all()
-  g = jax.grad(lambda c: fn(c, jnp.asarray(ps), jnp.asarray(pa))[1].sum())(params["compat"])
+  g = jax.grad(lambda c: fn(c, jnp.asarray(ps), jnp.asarray(pa))[1].sum())(params['compat'])
   assert np.isfinite(np.asarray(g)).all()
   one = jax.jit(lambda a, im, b: crf.crf_rnn(params, a, im, b, kernels=KERNELS)[1])
   for i in range(2):
     single = one(jnp.asarray(ps[i:i + 1]), ims[i:i + 1], jnp.asarray(pa[i:i + 1]))
     np.testing.assert_allclose(np.asarray(probs[i]), np.asarray(single[0]), rtol=1e-5, atol=1e-6)
-  with pytest.raises(ValueError, match=r"compat \(3, 3\) does not match 4 classes"):
+  # vmapped forward and gradient (the accelerator path) agree with the batched call
+  per = lambda c, a, im, b: crf.crf_rnn({'compat': c}, a[None], im[None], b[None],
+                                        kernels=KERNELS)[1][0]
+  mapped = jax.jit(jax.vmap(per, in_axes=(None, 0, 0, 0)))(params['compat'], jnp.asarray(ps), ims,
+                                                          jnp.asarray(pa))
+  np.testing.assert_allclose(np.asarray(mapped), np.asarray(probs), rtol=1e-5, atol=1e-6)
+  g_mapped = jax.grad(lambda c: jax.vmap(per, in_axes=(None, 0, 0, 0))(
+    c, jnp.asarray(ps), ims, jnp.asarray(pa)).sum())(params['compat'])
+  np.testing.assert_allclose(np.asarray(g_mapped), np.asarray(g), rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match=r'compat \(3, 3\) does not match 4 classes'):
     crf.crf_rnn(crf.init_params(3), jnp.asarray(ps), ims, kernels=KERNELS)

@@ -1,4 +1,4 @@
-"""Multi-host training, preemption and resume, numerical faults and bad input (issue 8).
+"""Multi-host training, preemption and resume, numerical faults and bad input.
 
 Every test checks that nothing saved before the fault (checkpoints, outputs) was lost.
 The subprocess runs share a persistent XLA compilation cache (tests/conftest.py), so

@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wsss_jax import crf, lattice
+from wsss_jax import crf, lattice, lattice_keys
 
 from crf_references import blob_image, np_features, np_gauss
 
 
-@pytest.mark.parametrize("sxy,srgb", [(3.0, None), (5.0, 13.0), (80.0, 13.0)])
+@pytest.mark.parametrize('sxy,srgb', [(3.0, None), (5.0, 13.0), (80.0, 13.0)])
 def test_lattice_filter_matches_exact_gaussian(sxy, srgb):
   """Bound tested: normalised filtered maps (K v / K 1, values in [0, 1]) within
   0.15 absolute at every pixel and 2% mean relative error of the exact float64
@@ -36,7 +36,7 @@ def test_lattice_filter_matches_exact_gaussian(sxy, srgb):
                  rtol=2e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("sxy", [1.5, 2.0, 3.0, 4.4, 10.0])
+@pytest.mark.parametrize('sxy', [1.5, 2.0, 3.0, 4.4, 10.0])
 def test_grid_filter_matches_exact_gaussian(sxy):
   """The spatial-only kernel on the pixel grid. Bound tested: normalised maps
   within 0.05 absolute and 1% mean relative of the exact float64 filter
@@ -80,7 +80,7 @@ def test_grid_filter_matches_exact_gaussian(sxy):
     moments.append([(out * (yy - c - b) ** 2).sum() / out.sum(),
                     (out * (xx - c - b) ** 2).sum() / out.sum()])
   np.testing.assert_allclose(np.mean(moments, 0), exact_var, rtol=0.01)
-  with pytest.raises(ValueError, match="sxy must be positive"):
+  with pytest.raises(ValueError, match='sxy must be positive'):
     lattice.grid_filter(jnp.ones((4, 4, 1)), 0.0)
 
 
@@ -92,8 +92,8 @@ def test_lattice_multiword_keys_identical(monkeypatch):
   v = rng.uniform(size=(440, 3)).astype(np.float32)
   f, bounds = crf.pixel_features(jnp.asarray(im), crf.Kernel(5.0, 13.0, 1.0))
   one = np.asarray(lattice.filter(lattice.build(f, bounds), v))
-  monkeypatch.setattr(lattice, "_WORD_LIMIT", 1000)
-  assert len(lattice._key_layout(5, bounds)[0]) > 1
+  monkeypatch.setattr(lattice_keys, 'WORD_LIMIT', 1000)
+  assert len(lattice_keys.key_layout(5, bounds)[0]) > 1
   many = np.asarray(lattice.filter(lattice.build(f, bounds), v))
   np.testing.assert_array_equal(one, many)
 
@@ -109,5 +109,54 @@ def test_lattice_capacity_and_errors():
   full = lattice.filter(lattice.connect(hashed, bounds), v)
   tight = lattice.filter(lattice.connect(hashed, bounds, m), v)
   np.testing.assert_allclose(np.asarray(tight), np.asarray(full), rtol=1e-5, atol=1e-6)
-  with pytest.raises(ValueError, match="2 bounds for 5"):
+  with pytest.raises(ValueError, match='2 bounds for 5'):
     lattice.build(f, bounds[:2])
+
+
+def test_lattice_filter_gradient_is_its_transpose():
+  """The filter is linear and differentiates through its transpose (blur axes reversed): the
+  gradient of <c, K v> in v against the forward filter's response to unit vectors (what
+  finite differences of a linear map give, without their cancellation)."""
+  rng = np.random.default_rng(3)
+  im = blob_image(rng, 14, 15)
+  f, bounds = crf.pixel_features(jnp.asarray(im), crf.Kernel(5.0, 13.0, 1.0))
+  lat = lattice.build(f, bounds)
+  v = rng.uniform(size=(210, 2)).astype(np.float32)
+  c = rng.normal(size=(210, 2))
+  loss = jax.jit(lambda v: jnp.sum(jnp.asarray(c, jnp.float32) * lattice.filter(lat, v)))
+  g = np.asarray(jax.grad(loss)(jnp.asarray(v)))
+  for i, k in [(0, 0), (17, 1), (104, 0), (209, 1)]:
+    e = np.zeros_like(v)
+    e[i, k] = 1.0
+    ref = float(np.sum(c * np.asarray(lattice.filter(lat, jnp.asarray(e)), np.float64)))
+    assert abs(g[i, k] - ref) <= 1e-5 * max(1.0, abs(ref)), (i, k, g[i, k], ref)
+
+
+def test_lattice_cost_buckets_change_nothing():
+  """Lattices with different point counts M, built and filtered one by one, in a vmap (the
+  batch's largest M sets the compiled size) and with capacities past M, against the exact
+  float64 filter."""
+  rng = np.random.default_rng(4)
+  h, w = 56, 60
+  ims = np.stack([blob_image(rng, h, w, noise=n) for n in (2.0, 5.0, 8.0)])
+  kern = crf.Kernel(5.0, 13.0, 1.0)
+  v = rng.uniform(size=(3, h * w, 3)).astype(np.float32)
+
+  def run(im, v, capacity=None):
+    f, bounds = crf.pixel_features(im, kern)
+    lat = lattice.build(f, bounds, capacity)
+    return lattice.filter(lat, v) / lattice.filter(lat, jnp.ones((len(v), 1))), lat.size
+
+  single = [run(jnp.asarray(ims[i]), v[i]) for i in range(3)]
+  sizes = [int(s) for _, s in single]
+  assert len(set(sizes)) == 3 and max(sizes) > 4096 > min(sizes)  # two cost buckets
+  mapped, _ = jax.jit(jax.vmap(run))(jnp.asarray(ims), jnp.asarray(v))
+  for i in range(3):
+    np.testing.assert_allclose(np.asarray(mapped[i]), np.asarray(single[i][0]), rtol=1e-5,
+                               atol=1e-6)
+    roomy, _ = run(jnp.asarray(ims[i]), v[i], capacity=3 * h * w * 6)
+    np.testing.assert_allclose(np.asarray(roomy), np.asarray(single[i][0]), rtol=1e-5, atol=1e-6)
+    kmat = np_gauss(np_features(ims[i], 5.0, 13.0))
+    ref = (kmat @ v[i]) / kmat.sum(1, keepdims=True)
+    ours = np.asarray(single[i][0])
+    assert np.abs(ours - ref).max() < 0.15 and np.abs(ours - ref).mean() / np.abs(ref).mean() < 0.02

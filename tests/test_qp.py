@@ -1,4 +1,7 @@
-"""The nonnegative QP solver against OSQP, a float64 numpy projected Gauss-Seidel and finite differences."""
+"""The nonnegative QP solver against OSQP, a float64 numpy projected Gauss-Seidel and finite
+differences."""
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +36,8 @@ def _kkt(Q, q, x):
 
 
 def _pgs(Q, q, x, sweeps=3000):
-  """Float64 projected Gauss-Seidel: exact coordinate minimisation, monotone for any Q with Q_ii > 0."""
+  """Float64 projected Gauss-Seidel: exact coordinate minimisation, monotone for any Q with
+  Q_ii > 0."""
   x = x.copy()
   for _ in range(sweeps):
     for i in range(len(q)):
@@ -58,7 +62,8 @@ def test_convex_dense_matches_osqp(n, batch):
     f, fr = _obj(Q[idx], q[idx], x), _obj(Q[idx], q[idx], ref)
     assert abs(f - fr) <= 1e-5 * max(abs(fr), 1e-12)
     assert _kkt(Q[idx], q[idx], x) <= 1e-5
-    np.testing.assert_allclose(float(sol.residual[idx]), _kkt(Q[idx], q[idx], x), rtol=1e-6, atol=1e-14)
+    np.testing.assert_allclose(float(sol.residual[idx]), _kkt(Q[idx], q[idx], x), rtol=1e-6,
+                               atol=1e-14)
 
 
 def _grid_problem(rng, h, w, radius, batch=()):
@@ -75,7 +80,8 @@ def _np_weights(pos, feat, radius, sz, sr):
   z, r = pos.reshape(-1, 2), feat.reshape(h * w, -1)
   cy, cx = np.divmod(np.arange(h * w), w)
   win = (np.abs(cy[:, None] - cy[None]) <= radius) & (np.abs(cx[:, None] - cx[None]) <= radius)
-  W = np.exp(-((z[:, None] - z[None]) ** 2).sum(-1) / sz ** 2 - ((r[:, None] - r[None]) ** 2).sum(-1) / sr ** 2) * win
+  W = np.exp(-((z[:, None] - z[None]) ** 2).sum(-1) / sz ** 2
+             - ((r[:, None] - r[None]) ** 2).sum(-1) / sr ** 2) * win
   return W / W.sum(1, keepdims=True)
 
 
@@ -98,10 +104,12 @@ def test_bilateral_operator_matches_dense_numpy_and_solutions_agree():
   np.testing.assert_allclose(s_op.x, s_dense.x, atol=1e-8)
   for i in range(4):
     ref = _osqp(Qd, q[i])
-    assert abs(_obj(Qd, q[i], np.asarray(s_op.x[i])) - _obj(Qd, q[i], ref)) <= 1e-5 * abs(_obj(Qd, q[i], ref))
+    assert abs(_obj(Qd, q[i], np.asarray(s_op.x[i]))
+               - _obj(Qd, q[i], ref)) <= 1e-5 * abs(_obj(Qd, q[i], ref))
 
 
-@pytest.mark.parametrize('radius, colour_range', [(2, 60), (7, 60), (3, 255)])  # 7: the whole 8x8 map
+@pytest.mark.parametrize('radius, colour_range',
+                         [(2, 60), (7, 60), (3, 255)])  # 7: the whole 8x8 map
 def test_copositive_eq9_reaches_kkt_and_pgs_matches_reference(radius, colour_range):
   rng = np.random.default_rng(radius)
   h = w = 8
@@ -142,7 +150,8 @@ def test_implicit_gradients_match_finite_differences():
   n = 25
   Q, q = _convex(rng, n)
   c = rng.normal(size=n)
-  loss_q = lambda qq: jnp.sum(c * qp.solve_nonneg_qp(jnp.asarray(Q), qq, tol=1e-13, max_iters=100000).x)
+  loss_q = lambda qq: jnp.sum(c * qp.solve_nonneg_qp(jnp.asarray(Q), qq, tol=1e-13,
+                                                     max_iters=100000).x)
   x = np.asarray(qp.solve_nonneg_qp(jnp.asarray(Q), jnp.asarray(q), tol=1e-13).x)
   free = np.nonzero(x > 1e-6)[0]
   assert 3 <= len(free) < n  # both free and active coordinates are exercised
@@ -169,13 +178,14 @@ def test_operator_gradients_and_unrolled_mode():
   rng = np.random.default_rng(2)
   h, w, radius = 4, 4, 1
   pos, feat = _grid_problem(rng, h, w, radius)
-  wts = np.asarray(qp.bilateral_weights(jnp.asarray(pos), jnp.asarray(feat), (h, w), radius, 10.0, 30.0,
-                                        row_normalize=False))
+  wts = np.asarray(qp.bilateral_weights(jnp.asarray(pos), jnp.asarray(feat), (h, w), radius,
+                                        10.0, 30.0, row_normalize=False))
   q = rng.normal(size=h * w)
   c = rng.normal(size=h * w)
 
   def loss(wt, implicit=True):
-    op = qp.BilateralOperator(qp.symmetrize(wt, radius), jnp.asarray(1.0), jnp.asarray(1.5), jnp.asarray(0.0), radius)
+    op = qp.BilateralOperator(qp.symmetrize(wt, radius), jnp.asarray(1.0), jnp.asarray(1.5),
+                              jnp.asarray(0.0), radius)
     return jnp.sum(c * qp.solve_nonneg_qp(op, jnp.asarray(q), tol=1e-13, max_iters=3000,
                                           implicit_diff=implicit).x)
 
@@ -211,7 +221,97 @@ def test_bad_input():
     qp.solve_nonneg_qp(jnp.diag(jnp.array([1.0, 0.0, 1.0])), jnp.ones(3), method='pgs')
   with pytest.raises(ValueError, match='NaN'):
     qp.solve_nonneg_qp(Q, jnp.array([1.0, jnp.nan, 0.0]))
-  sol = jax.jit(lambda q: qp.solve_nonneg_qp(Q, q))(jnp.array([[1.0, jnp.nan, 0.0], [-1.0, 2.0, -3.0]]))
+  sol = jax.jit(lambda q: qp.solve_nonneg_qp(Q, q))(jnp.array([[1.0, jnp.nan, 0.0],
+                                                               [-1.0, 2.0, -3.0]]))
   assert not bool(sol.converged[0]) and np.isnan(float(sol.residual[0]))
   assert bool(sol.converged[1])
   np.testing.assert_allclose(sol.x[1], [1.0, 0.0, 3.0], atol=1e-6)
+
+
+def _literal_eq9(rng, side, batch):
+  """Eq. (9) over all cell pairs (no window) of a side x side grid with random colours, float64:
+  Q = -D = 1 1^T - sym(W_n), q = -b."""
+  yy, xx = np.mgrid[0:side, 0:side] * 8.0 + 4.0
+  z = np.stack([yy, xx], -1).reshape(-1, 2)
+  rgb = rng.uniform(0, 255, size=(side * side, 3))
+  W = np.exp(-((z[:, None] - z[None]) ** 2).sum(-1) / 100.0
+             - ((rgb[:, None] - rgb[None]) ** 2).sum(-1) / 900.0)
+  Wn = W / W.sum(1, keepdims=True)
+  gamma, alpha = rng.random((batch, side * side)), rng.random((batch, side * side))
+  b = gamma / gamma.sum(-1, keepdims=True) + alpha / alpha.sum(-1, keepdims=True)
+  return np.ones_like(W) - 0.5 * (Wn + Wn.T), -b
+
+
+@pytest.mark.parametrize('dtype, bound', [('float64', 1e-8), ('float32', 1e-5)])
+def test_default_method_solves_literal_dense_eq9(dtype, bound):
+  """The dense all-pairs Eq. (9) with random colours (indefinite, some Q_ii near 0, where FISTA
+  crawls): the default method reaches a KKT point on every element, no worse in objective than
+  float64 numpy projected Gauss-Seidel from zero."""
+  rng = np.random.default_rng(8)
+  Q, q = _literal_eq9(rng, 12, 4)
+  assert np.min(np.linalg.eigvalsh(Q)) < 0
+  sol = qp.solve_nonneg_qp(jnp.asarray(Q, dtype), jnp.asarray(q, dtype))
+  assert bool(np.all(sol.converged))
+  for i in range(len(q)):
+    x = np.asarray(sol.x[i], np.float64)
+    assert _kkt(Q, q[i], x) <= bound
+    ref = _pgs(Q, q[i], np.zeros(len(x)), sweeps=50)
+    assert _obj(Q, q[i], x) <= _obj(Q, q[i], ref) + 1e-5 * abs(_obj(Q, q[i], ref))
+
+
+def test_default_method_gradients_on_nonconvex_eq9():
+  """Implicit gradients of the default method's solution of a nonconvex Eq. (9) instance (found
+  by Gauss-Seidel) against central finite differences."""
+  rng = np.random.default_rng(11)
+  h = w = 8
+  radius = 2
+  pos, _ = _grid_problem(rng, h, w, radius)
+  feat = rng.uniform(0, 60, size=(h, w, 3))
+  wts = qp.bilateral_weights(jnp.asarray(pos), jnp.asarray(feat), (h, w), radius, 10.0, 30.0)
+  op = qp.BilateralOperator(wts, jnp.asarray(-1.0), jnp.asarray(0.0), jnp.asarray(1.0), radius)
+  gamma, alpha = rng.random(h * w), rng.random(h * w)
+  q = -(gamma / gamma.sum() + alpha / alpha.sum())
+  c = rng.normal(size=h * w)
+  loss = lambda qq: jnp.sum(c * qp.solve_nonneg_qp(op, qq, tol=1e-13).x)
+  x = np.asarray(qp.solve_nonneg_qp(op, jnp.asarray(q), tol=1e-13).x)
+  free = np.nonzero(x > 0)[0]
+  _fd_check(loss, q, [(int(free[0]),), (0,), (h * w - 1,)])
+
+
+def test_eager_unconverged_call_warns_once_with_count():
+  rng = np.random.default_rng(9)
+  Q, q = _convex(rng, 30, (4,))
+  args = (jnp.asarray(Q), jnp.asarray(q))
+  with pytest.warns(RuntimeWarning, match='4 of 4 problems did not converge') as record:
+    sol = qp.solve_nonneg_qp(*args, max_iters=2, tol=1e-12)
+  assert len(record) == 1 and not bool(np.any(sol.converged))
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    jax.jit(lambda a, b: qp.solve_nonneg_qp(a, b, max_iters=2, tol=1e-12))(*args)
+    qp.solve_nonneg_qp(*args, tol=1e-9, max_iters=20000)
+
+
+def test_indefiniteness_certificates_against_eigenvalues():
+  """`indefinite()` claims nonconvexity only where numpy finds a negative eigenvalue, and does
+  claim it on Eq. (9) (the dense matrix and the windowed operator)."""
+  rng = np.random.default_rng(12)
+  for n in (5, 20):
+    a = rng.normal(size=(n, n))
+    for Q in (a @ a.T, 0.5 * (a + a.T), np.ones((n, n))):
+      if bool(qp.DenseOperator(jnp.asarray(Q)).indefinite()):
+        assert np.min(np.linalg.eigvalsh(Q)) < 0
+    assert not bool(qp.DenseOperator(jnp.asarray(a @ a.T)).indefinite())
+  Q, _ = _literal_eq9(rng, 6, 1)
+  assert bool(qp.DenseOperator(jnp.asarray(Q)).indefinite())
+  h, w, radius = 6, 7, 2
+  pos, feat = _grid_problem(rng, h, w, radius)
+  wts = qp.bilateral_weights(jnp.asarray(pos), jnp.asarray(feat), (h, w), radius, 10.0, 30.0)
+  for scale, diag, rank_one in ((-1.0, 0.0, 1.0), (-1.0, 2.0, 0.0), (1.0, 0.5, 0.0),
+                                (-1.0, 0.3, 0.2)):
+    op = qp.BilateralOperator(wts, jnp.asarray(scale), jnp.asarray(diag), jnp.asarray(rank_one),
+                              radius)
+    lam = np.min(np.linalg.eigvalsh(np.asarray(op.dense())))
+    if bool(op.indefinite()):
+      assert lam < 0, (scale, diag, rank_one)
+    if (scale, diag, rank_one) == (-1.0, 0.0, 1.0):
+      assert bool(op.indefinite())

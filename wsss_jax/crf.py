@@ -20,7 +20,6 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from wsss_jax import lattice as lattice_lib
 
@@ -41,7 +40,7 @@ def pixel_features(image: jax.Array, kernel: Kernel):
   and their static bounds for the lattice."""
   h, w = image.shape[:2]
   yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32),
-             jnp.arange(w, dtype=jnp.float32), indexing="ij")
+             jnp.arange(w, dtype=jnp.float32), indexing='ij')
   feats = [xx / kernel.sxy, yy / kernel.sxy]
   bounds = [(0.0, (w - 1) / kernel.sxy), (0.0, (h - 1) / kernel.sxy)]
   if kernel.srgb is not None:
@@ -53,7 +52,7 @@ def pixel_features(image: jax.Array, kernel: Kernel):
 
 class _Filter(NamedTuple):
   lattice: lattice_lib.Lattice | None   # None: spatial-only kernel on the pixel grid
-  norm: jax.Array      # (N, 1) N_m^{-1/2}
+  norm: jax.Array | None   # (N, 1) N_m^{-1/2}; None: folded into the lattice's weights
   grid: tuple | None = None             # (H, W, sxy) of a grid filter (static)
 
   def __call__(self, v):
@@ -65,8 +64,12 @@ class _Filter(NamedTuple):
 
 
 def _filter_from(lat):
+  """The lattice filter with N^{-1/2} folded into its splat and slice weights: the filter is
+  sum_r w_r(i) grid[o_r(i)] after splatting w_r(j) v_j, so N^{-1/2} K N^{-1/2} is the same
+  filter with weights w_r(i) N_ii^{-1/2} (one pass over N x K fewer on each side)."""
   ones = jnp.ones((lat.offsets.shape[0], 1), jnp.float32)
-  return _Filter(lat, jax.lax.rsqrt(lattice_lib.filter(lat, ones) + 1e-20))
+  norm = jax.lax.rsqrt(lattice_lib.filter(lat, ones) + 1e-20)
+  return _Filter(lat._replace(weights=lat.weights * norm), None)
 
 
 def _grid_filter(shape, kernel):
@@ -74,22 +77,20 @@ def _grid_filter(shape, kernel):
   return f._replace(norm=jax.lax.rsqrt(f(jnp.ones((shape[0] * shape[1], 1), jnp.float32)) + 1e-20))
 
 
-def _build_filter(image, kernel, capacity=None, hashed=None):
+def _build_filter(image, kernel, capacity=None):
   """K_m for one image: on the pixel grid for a spatial-only kernel, else on a
-  lattice of ``capacity`` rows (``hashed``: its keys, if already computed)."""
+  lattice of at most ``capacity`` rows (None: the worst case)."""
   if kernel.srgb is None:
     return _grid_filter(image.shape, kernel)
-  feats, bounds = pixel_features(image, kernel)
-  if hashed is None:
-    hashed = lattice_lib.hash_points(jax.lax.stop_gradient(feats), bounds)
-  return _filter_from(lattice_lib.connect(hashed, bounds, capacity))
+  feats, bounds = pixel_features(jax.lax.stop_gradient(image), kernel)
+  return _filter_from(lattice_lib.build(feats, bounds, capacity, row=image.shape[1]))
 
 
 def _message(filters, weights, q):
   """sum_m w_m N_m^{-1/2} K_m N_m^{-1/2} q for q (N, K)."""
   out = 0.0
   for f, w in zip(filters, weights):
-    out = out + w * f.norm * f(q * f.norm)
+    out = out + (w * f(q) if f.norm is None else w * f.norm * f(q * f.norm))
   return out
 
 
@@ -116,75 +117,30 @@ def _mean_field(unary, filters, weights, compat, iters):
 def _check_inputs(probs, image):
   if probs.ndim != 4 or image.ndim != 4 or probs.shape[:3] != image.shape[:3]:
     raise ValueError(
-      f"dense_crf: probs must be (B, H, W, K) and image (B, H, W, 3) with equal "
-      f"B, H, W; got probs {tuple(probs.shape)}, image {tuple(image.shape)}")
+      f'dense_crf: probs must be (B, H, W, K) and image (B, H, W, 3) with equal '
+      f'B, H, W; got probs {tuple(probs.shape)}, image {tuple(image.shape)}')
 
 
 def _per_image(fun, *args):
-  """fun over the leading (batch) axis of args: ``lax.map`` on CPU, where one
-  image at a time keeps the lattice gathers and scatters unbatched (mean-field
-  step 17 vs 22 ms at 321 px, docs/DESIGN.md), ``vmap`` on accelerators."""
-  if jax.default_backend() == "cpu":
+  """fun over the leading (batch) axis of args: ``lax.map`` on CPU, where one image at a time
+  keeps the lattice gathers and scatters unbatched (mean-field step 17 vs 22 ms at 321 px,
+  docs/DESIGN.md) and each image's lattice filter runs at its own size, ``vmap`` on
+  accelerators (the batch's largest lattice sets the size)."""
+  if jax.default_backend() == 'cpu':
     return jax.lax.map(lambda a: fun(*a), args)
   return jax.vmap(fun)(*args)
 
 
-@functools.lru_cache(maxsize=None)
-def _compiler_options() -> dict:
-  """XLA options for dense_crf's own jits: on CPU, YNNPACK fusion off (it makes
-  the mean-field step 1.5x slower: 19.7 vs 13.0 ms per bilateral iteration at
-  321 px, docs/DESIGN.md). Empty elsewhere, or if this XLA lacks the option."""
-  opts = {"xla_cpu_experimental_ynn_fusion_type": ""}
-  if jax.default_backend() != "cpu":
-    return {}
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=opts).lower(np.float32(0)).compile()
-  except Exception:  # noqa: BLE001 (an unknown option name is all this can raise)
-    return {}
-  return opts
-
-
-def _jit(fun=None, **kwargs):
-  """jax.jit with ``_compiler_options`` (decided on first call, after backend
-  init) when called at top level; a plain jit inside an outer transformation,
-  where XLA options belong to the outer jit."""
-  if fun is None:
-    return functools.partial(_jit, **kwargs)
-  plain, tuned = jax.jit(fun, **kwargs), []
-
-  @functools.wraps(fun)
-  def call(*args, **kw):
-    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kw))):
-      return plain(*args, **kw)
-    if not tuned:
-      tuned.append(jax.jit(fun, compiler_options=_compiler_options(), **kwargs))
-    return tuned[0](*args, **kw)
-  return call
-
-
-@functools.partial(_jit, static_argnames=("kernels",))
-def _hash_all(image, kernels):
-  """Phase 1 of dense_crf: every kernel's lattice keys (None on the pixel grid), every image."""
-  def one(im):
-    return tuple(None if k.srgb is None else lattice_lib.hash_points(*pixel_features(im, k))
-                 for k in kernels)
-  return _per_image(one, image)
-
-
-@functools.partial(_jit, static_argnames=("kernels", "iters", "clip", "capacity"))
-def _dense_crf(probs, image, hashed, kernels, iters, clip, capacity):
-  """Phase 2: lattices cut to ``capacity`` rows (per kernel; None: worst case or
-  no lattice), then mean field. ``hashed`` None: the keys are computed here."""
-  def one(p, im, hashed):
+@functools.partial(jax.jit, static_argnames=('kernels', 'iters', 'clip', 'capacity'))
+def _dense_crf(probs, image, kernels, iters, clip, capacity):
+  """dense_crf for a static kernel set; ``capacity`` per kernel (None: the worst case)."""
+  def one(p, im):
     h, w, k = p.shape
     unary = -jnp.log(jnp.clip(p.reshape(h * w, k).astype(jnp.float32), clip, 1.0))
-    hashed = (None,) * len(kernels) if hashed is None else hashed
-    filters = [_build_filter(im, kern, cap, hs) for kern, cap, hs in zip(kernels, capacity, hashed)]
+    filters = [_build_filter(im, kern, cap) for kern, cap in zip(kernels, capacity)]
     _, q = _mean_field(unary, filters, [kern.weight for kern in kernels], None, iters)
     return q.reshape(h, w, k)
-  if hashed is None:
-    return _per_image(lambda p, im: one(p, im, None), probs, image)
-  return _per_image(one, probs, image, hashed)
+  return _per_image(one, probs, image)
 
 
 def dense_crf(probs, image, *, iters: int = 10,
@@ -202,13 +158,11 @@ def dense_crf(probs, image, *, iters: int = 10,
   marginals Q. A compat of 0 drops that kernel.
 
   The spatial kernel runs on the pixel grid (``lattice.grid_filter``), the
-  bilateral one on a permutohedral lattice. capacity: lattice rows for the
-  (gaussian, bilateral) kernels; the gaussian entry is ignored (it needs no
-  lattice). By default they are measured on the images (one cheap sort) and
-  rounded up to a multiple of 4096, so filtering costs what the image needs,
-  not the worst case N(d+1) (one host sync between the two jitted phases; a
-  new capacity compiles once more); inside an outer ``jit`` the worst case is
-  used.
+  bilateral one on a permutohedral lattice whose filtering costs what the
+  image's lattice needs, not the worst case N(d+1) (``wsss_jax.lattice``), the
+  same called directly, under an outer ``jit`` or ``vmap``. capacity: optional
+  cap on the lattice rows for the (gaussian, bilateral) kernels (points past it
+  are dropped); the gaussian entry is ignored (it needs no lattice).
   """
   _check_inputs(probs, image)
   kernels = []
@@ -216,18 +170,11 @@ def dense_crf(probs, image, *, iters: int = 10,
     kernels.append(Kernel(float(gaussian_sxy), None, float(gaussian_compat)))
   if bilateral_compat:
     kernels.append(Kernel(float(bilateral_sxy), float(bilateral_srgb),
-               float(bilateral_compat)))
+                          float(bilateral_compat)))
   kernels = tuple(kernels)
-  probs, image = jnp.asarray(probs), jnp.asarray(image)
-  if capacity is not None:
-    capacity = tuple(None if k.srgb is None else int(capacity[-1]) for k in kernels)
-    return _dense_crf(probs, image, None, kernels, int(iters), float(clip), capacity)
-  if isinstance(probs, jax.core.Tracer) or isinstance(image, jax.core.Tracer):
-    return _dense_crf(probs, image, None, kernels, int(iters), float(clip), (None,) * len(kernels))
-  hashed = _hash_all(image, kernels)
-  capacity = tuple(None if hs is None else -(-int(np.max(np.asarray(hs.size))) // 4096) * 4096
-                   for hs in hashed)
-  return _dense_crf(probs, image, hashed, kernels, int(iters), float(clip), capacity)
+  cap = None if capacity is None else int(capacity[-1])
+  return _dense_crf(jnp.asarray(probs), jnp.asarray(image), kernels, int(iters), float(clip),
+                    tuple(None if k.srgb is None else cap for k in kernels))
 
 
 # ---------------------------------------------------------------- CRF-RNN layer
@@ -237,7 +184,7 @@ def init_params(num_classes: int) -> dict:
   convolution, initialised to Potts (mu(l, l') = [l != l']), which equals
   pydensecrf's -I up to a per-pixel constant that the softmax removes."""
   k = num_classes
-  return {"compat": jnp.ones((k, k), jnp.float32) - jnp.eye(k, dtype=jnp.float32)}
+  return {'compat': jnp.ones((k, k), jnp.float32) - jnp.eye(k, dtype=jnp.float32)}
 
 
 def crf_rnn(params: dict, seg_probs: jax.Array, image: jax.Array,
@@ -258,7 +205,7 @@ def crf_rnn(params: dict, seg_probs: jax.Array, image: jax.Array,
   dropped).
   """
   b, h, w, k = seg_probs.shape
-  if params["compat"].shape != (k, k):
+  if params['compat'].shape != (k, k):
     raise ValueError(f"crf_rnn: compat {params['compat'].shape} does not match "
                      f"{k} classes of seg_probs {seg_probs.shape}")
   unary = -jnp.log(seg_probs + eps)
@@ -269,10 +216,10 @@ def crf_rnn(params: dict, seg_probs: jax.Array, image: jax.Array,
   def one(u, im):
     filters = [_build_filter(im, kern, capacity) for kern in kernels]
     logits, q = _mean_field(u.reshape(h * w, k), filters,
-                            [kern.weight for kern in kernels], params["compat"], iters)
+                            [kern.weight for kern in kernels], params['compat'], iters)
     size = jnp.max(jnp.stack([jnp.int32(0)] + [f.lattice.size for f in filters
                                                if f.lattice is not None]))
     return logits.reshape(h, w, k), q.reshape(h, w, k), size
 
-  logits, probs, size = jax.vmap(one)(unary, image)
+  logits, probs, size = _per_image(one, unary, image)
   return (logits, probs, jnp.max(size)) if return_lattice_size else (logits, probs)

@@ -15,51 +15,64 @@ bilateral affinity on a grid plus a rank-one or diagonal term, applied in
 O(n * window) without forming Q) are provided (qp_operators.py, importable
 from here).
 
-Methods (`method=`):
-* 'fista' (default): accelerated projected gradient with the gradient-based
-  adaptive restart of O'Donoghue & Candes (2015), in the metric
-  M = alpha I + c 1 1^T >= Q, where c is the rank-one part of Q (operators
-  expose it through `rank_one_split`; 0 for a dense Q) and alpha bounds the
-  rest (dense: min of Gershgorin and 1.05 x a 30-step power iteration). The
-  M-projection onto x >= 0 is exact (a scalar Newton solve), so Eq. (9)'s
-  n-sized rank-one curvature costs nothing: on an 11x11 Eq. (9) instance the
-  iterations fell from 17,304 (plain step 1/L) to 2,253. One matvec per
-  iteration (Q y is carried as a combination of Q x_k and Q x_{k-1}). On
-  convex problems it converges linearly; on nonconvex ones it stops at a KKT
-  point, which may be a poor one.
+Methods (`method=`; the iterations are in qp_methods.py):
+* 'fista': accelerated projected gradient with the gradient-based adaptive
+  restart of O'Donoghue & Candes (2015), in the metric M = alpha I + c 1 1^T >= Q,
+  where c is the rank-one part of Q (`rank_one_split`: Eq. 9's 1 1^T, for the
+  operator and for a dense Q alike) and alpha bounds the rest. The M-projection
+  onto x >= 0 is exact (a scalar Newton solve). One matvec per iteration.
+  Guarantee: on convex Q, linear convergence to the optimum. On nonconvex Q
+  none: it may crawl (Eq. 9 with a cell whose Q_ii is near 0 needs a step
+  ~1/Q_ii along it) or stop at a poor KKT point.
 * 'pgs': projected Gauss-Seidel, exact coordinate minimisation in sweeps,
   sequential over coordinates and batched over elements; needs Q_ii > 0 and
-  an operator with `diagonal()` and `row_dot(i, x)`. It is monotone and
-  stops in a few sweeps on copositive nonconvex problems like Eq. (9); which
-  method reaches the lower KKT point there depends on the instance
-  (bench/qp.py, docs/DESIGN.md).
+  an operator with `diagonal()` and `row_dot(i, x)`. Guarantee: monotone
+  (the objective never rises) for any Q with a positive diagonal, and its
+  limit points are KKT points, convex or not; on ill-conditioned convex Q it
+  converges more slowly than FISTA (a rate set by the condition number, not
+  its square root).
+* 'auto' (default): each element with the method that converges on it.
+  Elements whose Q shows an indefinite 2x2 principal submatrix (Q_ij^2 >
+  Q_ii Q_jj: a certificate of nonconvexity, checked in one pass by the
+  operator's `indefinite()`) run PGS; the others run FISTA, and any element
+  FISTA leaves unconverged (budget spent, or its residual not halved in 50
+  iterations) is finished by PGS from FISTA's iterate. Where FISTA converges
+  it costs what 'fista' costs. Guarantee: PGS's where PGS runs; elements
+  without a positive diagonal or an operator without `diagonal`/`row_dot`
+  get FISTA's.
 Each batch element stops (is frozen) once its relative KKT residual is below
 `tol`; the loop ends when all have, so batched, vmapped and single calls
-give the same iterates.
+give the same iterates. An eager call that returns unconverged elements
+warns once, with how many.
 
 Gradients: by default `solve_nonneg_qp` is differentiated implicitly through
-the KKT conditions on the free set F = {x_i > 0}: with v = dL/dx and
-Q_FF w_F = v_F (solved by conjugate gradients with the operator),
-dL/dq = -w and dL/dQ = -w x^T. With `implicit_diff=False` the solver runs
-a fixed budget of iterations and gradients flow through them.
+the KKT conditions on the free set F = {x_i > 0}, whichever method found x:
+with v = dL/dx and Q_FF w_F = v_F (solved by conjugate gradients with the
+operator), dL/dq = -w and dL/dQ = -w x^T. With `implicit_diff=False` the
+solver runs a fixed budget of iterations and gradients flow through them.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import warnings
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from wsss_jax.qp_operators import (TINY, BilateralOperator, DenseOperator, bilateral_weights,  # noqa: F401
-                                   normalize_symmetric, power_iteration, symmetrize)
+from wsss_jax import qp_methods
+from wsss_jax.qp_methods import QPSolution  # noqa: F401
+from wsss_jax.qp_operators import (  # noqa: F401
+  TINY,
+  BilateralOperator,
+  DenseOperator,
+  StencilOperator,
+  bilateral_weights,
+  normalize_symmetric,
+  power_iteration,
+  symmetrize,
+)
 
-
-class QPSolution(NamedTuple):
-  """Per batch element: solution, relative KKT residual, iterations used, converged flag."""
-  x: jax.Array
-  residual: jax.Array
-  iterations: jax.Array
-  converged: jax.Array
+METHODS = ('auto', 'fista', 'pgs')
 
 
 def _as_operator(Q: Any):
@@ -70,128 +83,6 @@ def _as_operator(Q: Any):
     raise ValueError(f'Q must be a square (..., n, n) array or an operator with matvec/norm_bound, '
                      f'got shape {Q.shape}')
   return DenseOperator(Q)
-
-
-def _kkt_residual(x, g, qnorm):
-  return jnp.max(jnp.abs(x - jnp.maximum(0.0, x - g)), -1) / jnp.maximum(qnorm, TINY)
-
-
-def _metric_projection(z: jax.Array, kappa: jax.Array, iters: int = 50, early_exit: bool = True) -> jax.Array:
-  """argmin_{x >= 0} ||x - z||_M^2 for M = alpha I + c 1 1^T, kappa = c / alpha >= 0.
-
-  x = max(0, z - kappa tau 1) where tau = sum(x) - sum(z) solves the scalar
-  equation g(tau) = sum(max(0, z - kappa tau)) - sum(z) - tau = 0. g is convex
-  and decreasing with g(0) >= 0, so Newton from tau = 0 increases
-  monotonically to the root and stops exactly (g is piecewise linear).
-  """
-  sz = jnp.sum(z, -1)
-
-  def g_and_slope(tau):
-    act = z - kappa[..., None] * tau[..., None] > 0
-    g = jnp.sum(jnp.where(act, z - kappa[..., None] * tau[..., None], 0.0), -1) - sz - tau
-    return g, -(kappa * jnp.sum(act, -1) + 1.0)
-
-  def body(c):
-    k, tau, _ = c
-    g, slope = g_and_slope(tau)
-    new = jnp.maximum(tau - g / slope, tau)
-    return k + 1, new, jnp.any(new != tau)
-
-  def newton(z):
-    init = (0, jnp.zeros(z.shape[:-1], z.dtype), jnp.array(True))
-    if early_exit:
-      _, tau, _ = jax.lax.while_loop(lambda c: (c[0] < iters) & c[2], body, init)
-    else:  # static trip count, for reverse-mode differentiation through the iterations
-      _, tau, _ = jax.lax.fori_loop(0, iters, lambda _, c: body(c), init)
-    return jnp.maximum(0.0, z - kappa[..., None] * tau[..., None])
-
-  # No rank-one part anywhere in the batch: the plain projection, without the Newton loop.
-  return jax.lax.cond(jnp.all(kappa == 0), lambda z: jnp.maximum(0.0, z), newton, z)
-
-
-def _iterate(step, state, res0: jax.Array, tol: float, max_iters: int, early_exit: bool) -> QPSolution:
-  """Run `step(state) -> (state, residual)` until every batch element's residual <= tol.
-
-  Converged elements are frozen (every leaf of their state keeps its value), so a batched call,
-  a vmapped call and a single call give the same iterates. `state[0]` is x. With early_exit a
-  while_loop stops once all have converged; otherwise exactly `max_iters` steps run in a
-  fori_loop (reverse-mode differentiable).
-  """
-  def body(carry):
-    k, state, done, iters, res = carry
-    new, r_new = step(state)
-    freeze = lambda old, nw: jnp.where(done.reshape(done.shape + (1,) * (nw.ndim - done.ndim)), old, nw)
-    return (k + 1, jax.tree.map(freeze, state, new), done | (r_new <= tol), jnp.where(done, iters, k + 1),
-            jnp.where(done, res, r_new))
-
-  init = (jnp.int32(0), state, res0 <= tol, jnp.zeros(res0.shape, jnp.int32), res0)
-  if early_exit:
-    out = jax.lax.while_loop(lambda c: (c[0] < max_iters) & ~jnp.all(c[2]), body, init)
-  else:
-    out = jax.lax.fori_loop(0, max_iters, lambda _, c: body(c), init)
-  _, state, done, iters, res = out
-  x = state[0]
-  bad = ~jnp.all(jnp.isfinite(x), -1) | ~jnp.isfinite(res)
-  return QPSolution(x=x, residual=jnp.where(bad, jnp.nan, res), iterations=iters, converged=done & ~bad)
-
-
-def _fista(op, q, x0, alpha, c, max_iters: int, tol: float, early_exit: bool = True):
-  """Restarted FISTA in the metric M = alpha I + c 1 1^T (M >= Q); returns QPSolution.
-
-  c = 0 is plain projected FISTA with step 1/alpha. With c > 0 (the rank-one
-  part of Q, e.g. Eq. 9's 1 1^T) the step M^{-1} grad and the M-projection
-  absorb the rank-one curvature, so the iteration count no longer grows with
-  n * c / ||Q - c 1 1^T||.
-  """
-  n = q.shape[-1]
-  qnorm = jnp.max(jnp.abs(q), -1)
-  kappa = c / alpha
-  sm = (c / (alpha + c * n))[..., None]
-  inv_a = (1.0 / alpha)[..., None]
-  precond = lambda g: inv_a * (g - sm * jnp.sum(g, -1, keepdims=True))  # M^{-1} g (Sherman-Morrison)
-  project = lambda z: _metric_projection(z, kappa, early_exit=early_exit)  # plain max(0, z) when c = 0
-
-  def step(state):
-    x, qx, y, qy, t = state
-    g = qy + q
-    x_new = project(y - precond(g))
-    qx_new = op.matvec(x_new)
-    # Adaptive restart (gradient scheme): momentum pointing uphill resets it.
-    restart = jnp.sum(g * (x_new - x), -1) > 0
-    t_new = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
-    beta = jnp.where(restart, 0.0, (t - 1.0) / t_new)[..., None]
-    y_new = x_new + beta * (x_new - x)
-    qy_new = qx_new + beta * (qx_new - qx)
-    t_new = jnp.where(restart, 1.0, t_new)
-    return (x_new, qx_new, y_new, qy_new, t_new), _kkt_residual(x_new, qx_new + q, qnorm)
-
-  qx0 = op.matvec(x0)
-  state = (x0, qx0, x0, qx0, jnp.ones(q.shape[:-1], q.dtype))
-  return _iterate(step, state, _kkt_residual(x0, qx0 + q, qnorm), tol, max_iters, early_exit)
-
-
-def _pgs(op, q, x0, max_iters: int, tol: float, early_exit: bool = True):
-  """Projected Gauss-Seidel: sweeps of exact coordinate minimisation x_i <- max(0, x_i - g_i / Q_ii).
-
-  Monotone for any Q with a positive diagonal. Sequential over coordinates,
-  batched over elements; `max_iters` counts sweeps.
-  """
-  n = q.shape[-1]
-  qnorm = jnp.max(jnp.abs(q), -1)
-  d = jnp.broadcast_to(op.diagonal(), q.shape)
-  if not isinstance(d, jax.core.Tracer) and bool(jnp.any(d <= 0)):
-    raise ValueError('method="pgs" needs a positive diagonal of Q')
-
-  def coord(i, x):
-    gi = op.row_dot(i, x) + jnp.take(q, i, axis=-1)
-    xi = jnp.take(x, i, axis=-1)
-    return x.at[..., i].set(jnp.maximum(0.0, xi - gi / jnp.take(d, i, axis=-1)))
-
-  def step(state):
-    x_new = jax.lax.fori_loop(0, n, coord, state[0])
-    return (x_new,), _kkt_residual(x_new, op.matvec(x_new) + q, qnorm)
-
-  return _iterate(step, (x0,), _kkt_residual(x0, op.matvec(x0) + q, qnorm), tol, max_iters, early_exit)
 
 
 def _batched_cg(matvec, b, iters: int, tol: float):
@@ -238,8 +129,9 @@ def _check_inputs(op, q, x0):
 
 
 def solve_nonneg_qp(Q: Any, q: jax.Array, *, x0: jax.Array | None = None, max_iters: int = 5000,
-                    tol: float = 1e-6, method: str = 'fista', lipschitz: jax.Array | None = None,
-                    implicit_diff: bool = True, cg_iters: int = 500) -> QPSolution:
+                    tol: float = 1e-6, method: str = 'auto', lipschitz: jax.Array | None = None,
+                    implicit_diff: bool = True, cg_iters: int = 500,
+                    pgs_sweeps: int | None = None) -> QPSolution:
   """Solve min_{x >= 0} 1/2 x^T Q x + q^T x for every batch element (see the module docstring).
 
   Args:
@@ -247,21 +139,25 @@ def solve_nonneg_qp(Q: Any, q: jax.Array, *, x0: jax.Array | None = None, max_it
       its batch dimensions broadcast against q's.
     q: (..., n) linear term.
     x0: optional nonnegative start, broadcastable to q (default: zeros).
-    max_iters: iteration budget (static; sweeps for 'pgs').
-    method: 'fista' (default; parallel, fastest on the convex benchmarks) or 'pgs' (projected
-      Gauss-Seidel; needs Q_ii > 0 and an operator with `diagonal`/`row_dot`). On nonconvex
-      problems both return KKT points, and which is lower depends on the instance.
+    max_iters: iteration budget (static): FISTA iterations ('fista', 'auto'), sweeps ('pgs').
     tol: an element is converged (and frozen) once its relative KKT residual
       ||x - max(0, x - (Qx + q))||_inf / ||q||_inf <= tol.
-    lipschitz: optional bound on ||Q||_2 (scalar or per element); default from the operator.
-    implicit_diff: differentiate through the KKT conditions (default, early exit in a
-      while_loop); False runs exactly `max_iters` iterations in a fori_loop that reverse-mode
-      differentiates through the iterations.
+    method: 'auto' (default), 'fista' or 'pgs'; what each guarantees is in the module
+      docstring. 'pgs' needs Q_ii > 0 and an operator with `diagonal`/`row_dot`.
+    lipschitz: optional bound on ||Q||_2 (scalar or per element) for FISTA's step; default
+      from the operator.
+    implicit_diff: differentiate through the KKT conditions (default, early exit in while
+      loops); False runs exactly the budgets in fori_loops that reverse-mode differentiate
+      through the iterations.
     cg_iters: conjugate-gradient budget of the implicit backward pass.
+    pgs_sweeps: Gauss-Seidel sweeps 'auto' may spend (static; default max(1, max_iters // 10):
+      a sweep costs several FISTA iterations).
 
   Returns:
-    QPSolution(x, residual, iterations, converged), each with q's batch shape. Non-finite input
-    gives residual NaN and converged False (jit-safe); eager calls with NaN q raise ValueError.
+    QPSolution(x, residual, iterations, converged), each with q's batch shape ('auto' counts
+    FISTA iterations plus sweeps). Non-finite input gives residual NaN and converged False
+    (jit-safe); eager calls with NaN q raise ValueError, and eager calls that leave elements
+    unconverged warn.
   """
   op = _as_operator(Q)
   q = jnp.asarray(q)
@@ -274,29 +170,46 @@ def solve_nonneg_qp(Q: Any, q: jax.Array, *, x0: jax.Array | None = None, max_it
   if not isinstance(q, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(q))):
     raise ValueError('q contains NaN or inf')
   x0 = jnp.zeros_like(q) if x0 is None else jnp.maximum(jnp.broadcast_to(x0, q.shape), 0.0)
-  if method not in ('fista', 'pgs'):
-    raise ValueError(f'method must be "fista" or "pgs", got {method!r}')
+  if method not in METHODS:
+    raise ValueError(f'method must be one of {METHODS}, got {method!r}')
   if method == 'pgs':
     if not (hasattr(op, 'diagonal') and hasattr(op, 'row_dot')):
       raise ValueError('method="pgs" needs an operator with diagonal() and row_dot(i, x)')
-    solve = lambda op, q, aux, early_exit=True: _pgs(op, q, aux, max_iters, tol, early_exit)
-    aux = x0
-  else:
-    batch = q.shape[:-1]
+    d = op.diagonal()
+    if not isinstance(d, jax.core.Tracer) and bool(jnp.any(d <= 0)):
+      raise ValueError('method="pgs" needs a positive diagonal of Q')
+  batch = q.shape[:-1]
+  sweeps = max(1, max_iters // 10) if pgs_sweeps is None else int(pgs_sweeps)
+
+  def fista_setup(op):
+    """(alpha, c) of FISTA's metric, per batch element, outside the gradient."""
     if lipschitz is not None:
-      alpha, c = jnp.asarray(lipschitz, q.dtype), 0.0
+      alpha, c = jnp.asarray(lipschitz, q.dtype), jnp.zeros(batch, q.dtype)
     elif hasattr(op, 'rank_one_split'):
       c, alpha = op.rank_one_split()
       c = jnp.broadcast_to(jnp.asarray(c, q.dtype), batch)
     else:
-      alpha, c = op.norm_bound(), 0.0
+      alpha, c = op.norm_bound(), jnp.zeros(batch, q.dtype)
     alpha = jnp.broadcast_to(jnp.maximum(alpha, TINY), batch).astype(q.dtype)
-    alpha, c = jax.lax.stop_gradient(alpha), jax.lax.stop_gradient(c)
-    solve = lambda op, q, aux, early_exit=True: _fista(op, q, *aux, max_iters, tol, early_exit)
-    aux = (x0, alpha, c)
-  if not implicit_diff:
-    return solve(op, q, aux, early_exit=False)
-  return _implicit(solve, op, q, aux, cg_iters)
+    return jax.lax.stop_gradient(alpha), jax.lax.stop_gradient(c)
+
+  def solve(op, q, x0, early_exit=True):
+    it = op.stencil() if hasattr(op, 'stencil') else op  # same Q, faster matvecs
+    if method == 'pgs':
+      return qp_methods.pgs(it, q, x0, max_iters, tol, early_exit)
+    if method == 'fista':
+      return qp_methods.fista(it, q, x0, *fista_setup(op), max_iters, tol, early_exit)[0]
+    return qp_methods.auto(it, q, x0, lambda: fista_setup(op), max_iters, sweeps, tol, early_exit,
+                           certify=op)
+
+  sol = solve(op, q, x0, early_exit=False) if not implicit_diff else \
+      _implicit(solve, op, q, x0, cg_iters)
+  if not isinstance(sol.converged, jax.core.Tracer) and not bool(jnp.all(sol.converged)):
+    bad = int(jnp.sum(~sol.converged))
+    warnings.warn(f'solve_nonneg_qp: {bad} of {sol.converged.size} problems did not converge '
+                  f'(method={method!r}, tol={tol:g}, max_iters={max_iters}); see '
+                  f'QPSolution.residual', RuntimeWarning, stacklevel=2)
+  return sol
 
 
 def _implicit(solve, op, q, aux, cg_iters):
@@ -324,7 +237,8 @@ def _implicit(solve, op, q, aux, cg_iters):
 def _kkt_vjp(op, x, ct, cg_iters):
   free = (x > 0).astype(x.dtype)
   # Q_FF w_F = v_F on the free set, identity on the active set; then dq = -w, dQ = -w x^T.
-  masked = lambda u: free * op.matvec(free * u) + (1.0 - free) * u
+  it = op.stencil() if hasattr(op, 'stencil') else op  # same Q, faster matvecs
+  masked = lambda u: free * it.matvec(free * u) + (1.0 - free) * u
   cg_tol = 1e-10 if x.dtype == jnp.float64 else 1e-6
   w = free * _batched_cg(masked, free * ct.x, cg_iters, cg_tol)
   _, op_vjp = jax.vjp(lambda o: o.matvec(x), op)
