@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from configs import voc12_ours  # noqa: E402
-from wsss_jax import config_lib, data, model  # noqa: E402
+from wsss_jax import config_lib, constants, data, model  # noqa: E402
 from wsss_jax.data import fake_voc, voc  # noqa: E402
 
 # scikit-image's photographs that ship with it (grey ones stacked to RGB)
@@ -63,6 +63,23 @@ def photographic_tree(root, n, seed=0):
     Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path, quality=93)
     sizes.append(os.path.getsize(path))
   return float(np.mean(sizes))
+
+
+def padded_photos(root, pad_to, count=2):
+  """`count` of the tree's 375 x 500 photographs padded bottom/right with the mean colour to
+  pad_to, as the val pipeline pads (the fake tree also holds odd sizes made for the tests)."""
+  jpegs = os.path.join(root, 'VOCdevkit', 'VOC2012', 'JPEGImages')
+  out = []
+  for name in sorted(os.listdir(jpegs)):
+    a = np.asarray(Image.open(os.path.join(jpegs, name)).convert('RGB'))
+    if a.shape[:2] == SIZE:
+      canvas = np.empty(pad_to + (3,), np.uint8)
+      canvas[:] = constants.PAD_RGB
+      canvas[:SIZE[0], :SIZE[1]] = a
+      out.append(canvas)
+    if len(out) == count:
+      return np.stack(out)
+  raise SystemExit(f'error: fewer than {count} images of {SIZE} in {jpegs}')
 
 
 def train_rate(ds, augment, threads, batches, batch=20):
@@ -114,9 +131,7 @@ def main():
           f'{per_thread:.0f} images/s per thread (2 threads scale {rates[2] / rates[1]:.2f}x)')
     if args.no_eval:
       return
-    val = data.make_dataset(config.data, 'val')
-    batch = next(data.eval_batches(val, 2, pad_to=data.eval_pad_size(config.data)))
-    images = batch['image']
+    images = padded_photos(os.path.join(tmp, 'raw'), data.eval_pad_size(config.data))
     full = config_lib.with_class_bound(config, 3)
     b1 = full.copy_and_resolve_references()
     b1.model.attention.enabled = False

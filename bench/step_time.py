@@ -2,7 +2,7 @@
 
   python bench/step_time.py [--steps=10] [--variants=full,seg_target_crf]
 
-The project keeps the full method's step within 2x the B1 step on the default config. B1's step is
+The full method's step against the B1 step on the default config, in one run. B1's step is
 the warm-up's (Delta^C only: no attention, no Delta^S, no CRF-RNN). Variants: 'full' (the
 default), 'paper_attention' (the walk seeded with relu f, b = gamma + alpha as printed),
 'seg_target_crf' (train.seg_target = 'crf': the CRF-RNN's mean field of p^A in every step),

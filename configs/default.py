@@ -73,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.backbone.dropout_rate = 0.5
   config.model.aggregation = 'fcl'           # fcl | gap | gmp | lse (Table 5)
   # The FCL's form (the paper gives none): linear in f (GAP at init) | lse (per-position
-  # log-weights inside LSE's sum, LSE at init; docs/DESIGN.md, "The FCL's form").
+  # log-weights inside LSE's sum, LSE at init; docs/DESIGN.md, "FCL form").
   config.model.fcl_form = 'lse'
   config.model.lse_r = 5.0
   config.model.aggregate_input = 'scores'    # scores (f, Sec. 3) | log_softmax (log p^S)
@@ -105,8 +105,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.attention.background = 'complement'  # p^A(bg) = (1 - max fg)^bg_power |
                                                     # walk (own EB)
   config.model.attention.bg_power = 1.0
-  # b = gamma + w alpha (Eq. 7's alpha is the same for every class; 1 as printed, 0 measured +4.7
-  # val mIoU with the exclusive seed over 3 seeds: docs/DESIGN.md)
+  # b = gamma + w alpha (Eq. 7's alpha is the same for every class; 1 as printed, 0 chosen on
+  # world 0; what it is worth on held-out worlds: docs/RESULTS.md, the departure table)
   config.model.attention.feedforward_weight = 0.0
   config.model.attention.top_signal = 'exclusive'  # seed of the walk: scores (relu f, Eq. 6) |
                                                    # exclusive (each cell seeds the class
@@ -138,22 +138,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.init_from = ''
   # Head Delta^C goes through in the warm-up ('' = model.aggregation). A stand-in for ImageNet
   # pre-training is one classifier for every row of Tables 1 and 5; the FCL then starts the
-  # main phase at its init (docs/DESIGN.md, "Warm-up length and head").
+  # main phase at its init (docs/DESIGN.md, "Stand-ins of this machine").
   config.train.warmup_head = 'lse'
-  config.train.fcl_lr_scale = 1.0           # the FCL's lr multiplier
-                                            # (Caffe lr_mult; docs/DESIGN.md)
+  config.train.fcl_lr_scale = 1.0           # the FCL's lr multiplier (Caffe's lr_mult)
   config.train.seg_loss_weight = 1.5         # lambda of Eq. (13); 0: baseline B2 (w/o seg loss)
   config.train.seg_loss_on = 'cnn'           # Delta^S on p^S (Eq. 15) |
                                              # crf (CRF-RNN output, Sec. 1)
   config.train.seg_target = 'attention'      # Delta^S's target: p^A (Eq. 15) | crf (p^A after the
-                                             # CRF-RNN's mean field, fixed; not in the paper, +4.9
-                                             # val mIoU, 2.9x the B1 step: docs/DESIGN.md)
+                                             # CRF-RNN's mean field, fixed; not in the paper; its
+                                             # step time: bench/step_time.py)
   config.train.seg_target_stride = 1         # seg_target = crf: its mean field on
                                              # stride x stride blocks
-  config.train.optimizer = 'adam'            # adam (CPU default, see docs/DESIGN.md) |
+  config.train.optimizer = 'adam'            # adam (a stand-in: docs/DESIGN.md) |
                                              # sgd (paper, Sec. 7)
   config.train.batch_size = 32
-  config.train.num_steps = 1650             # sized for the 3-seed sweep of Tables 1/5 (< 90 min)
+  config.train.num_steps = 1650             # about 7.5 min on a 2-core CPU (docs/PERFORMANCE.md)
   config.train.learning_rate = 0.001
   config.train.momentum = 0.9
   config.train.weight_decay = 5e-4

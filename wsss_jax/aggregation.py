@@ -11,7 +11,7 @@ The paper gives the FCL no formula. `form='linear'` is the reading above, GAP at
 `form='lse'` puts the same per-position weights inside LSE's sum,
 s(y) = (1/r) log((1/N) sum_i exp(W_i(y)) exp(r f_i(y))) + c(y), i.e. log-weights W, LSE at
 its init (W = 0): a learned pooling that starts from the max-like heuristic instead of the
-average (docs/DESIGN.md, "The FCL's form").
+average (docs/DESIGN.md, "FCL form").
 """
 from __future__ import annotations
 

@@ -47,9 +47,8 @@ def mean_iou(conf: np.ndarray) -> float:
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
   """Per-class average precision of image-level scores (N, C) against boolean tags (N, C): the
   mean over each class's positives of the precision among the images scored at least as high
-  (ties count against it). NaN for a class with no positive image. The image classifier's mAP
-  at the end of the Delta^C warm-up predicts which classes the weak model will segment
-  (docs/results_synthetic.md)."""
+  (ties count against it). NaN for a class with no positive image. Evaluation reports it beside
+  the mIoU (`tag_map`): a class the classifier does not rank is one attention cannot find."""
   scores = np.asarray(scores, np.float64)
   labels = np.asarray(labels, bool)
   out = np.full(scores.shape[1], np.nan)

@@ -40,6 +40,11 @@ Methods (`method=`; the iterations are in qp_methods.py):
   it costs what 'fista' costs. Guarantee: PGS's where PGS runs; elements
   without a positive diagonal or an operator without `diagonal`/`row_dot`
   get FISTA's.
+On nonconvex Q every method's guarantee is a KKT point, not the global
+minimum, and which KKT point depends on the start: on the literal Eq. (9)
+family of bench/qp.py, Gauss-Seidel from zero converges in one sweep to a
+point whose objective is far above what FISTA's (unconverged) iterates reach
+(docs/PERFORMANCE.md). Pass `x0` to start elsewhere, e.g. from a FISTA run.
 Each batch element stops (is frozen) once its relative KKT residual is below
 `tol`; the loop ends when all have, so batched, vmapped and single calls
 give the same iterates. An eager call that returns unconverged elements
