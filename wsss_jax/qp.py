@@ -43,8 +43,8 @@ Methods (`method=`; the iterations are in qp_methods.py):
 On nonconvex Q every method's guarantee is a KKT point, not the global
 minimum, and which KKT point depends on the start: on the literal Eq. (9)
 family of bench/qp.py, Gauss-Seidel from zero converges in one sweep to a
-point whose objective is far above what FISTA's (unconverged) iterates reach
-(docs/PERFORMANCE.md). Pass `x0` to start elsewhere, e.g. from a FISTA run.
+point whose objective is orders of magnitude above that of Gauss-Seidel
+started from 100 FISTA iterations (`x0`; docs/PERFORMANCE.md).
 Each batch element stops (is frozen) once its relative KKT residual is below
 `tol`; the loop ends when all have, so batched, vmapped and single calls
 give the same iterates. An eager call that returns unconverged elements
