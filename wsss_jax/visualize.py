@@ -181,7 +181,8 @@ def save_curves(path: str, rows: Sequence[dict], keys: Sequence[str]) -> None:
     draw.text((x0 + 2, top - 2), f'{v1:.3g}', fill='black', font=font)
     draw.text((x0 + 2, bottom - 10), f'{v0:.3g}', fill='black', font=font)
     draw.text((left, bottom + 3), f'step {s0}', fill='black', font=font)
-    draw.text((right - 60, bottom + 3), f'{s1}', fill='black', font=font)
+    draw.text((right - draw.textlength(f'{s1}', font=font), bottom + 3), f'{s1}', fill='black',
+              font=font)  # right-aligned under the last step
   tmp = path + '.tmp.png'
   canvas.save(tmp)
   os.replace(tmp, path)
