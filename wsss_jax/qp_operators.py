@@ -88,6 +88,19 @@ def _shifted(a: jax.Array, dy: int, dx: int, radius: int) -> jax.Array:
   return jnp.pad(a, pad)[..., radius + dy:radius + dy + h, radius + dx:radius + dx + w]
 
 
+def _window(x: jax.Array, i: jax.Array, grid, radius: int):
+  """(row, col) of coordinate i of an (h, w) grid and x's (2r+1)^2 window around it (zeros past
+  the border), flattened offset-major: what a Gauss-Seidel step reads of x."""
+  h, w = grid
+  k = 2 * radius + 1
+  iy, ix = i // w, i % w
+  xg = x.reshape(x.shape[:-1] + (h, w))
+  xp = jnp.pad(xg, [(0, 0)] * (xg.ndim - 2) + [(radius, radius), (radius, radius)])
+  lead = xp.ndim - 2
+  win = jax.lax.dynamic_slice(xp, (0,) * lead + (iy, ix), xp.shape[:lead] + (k, k))
+  return iy, ix, win.reshape(win.shape[:-2] + (k * k,))
+
+
 def symmetrize(weights: jax.Array, radius: int) -> jax.Array:
   """Per-offset weights of (W + W^T) / 2: S[i, o] = (W[i, o] + W[i + o, -o]) / 2."""
   k = weights.shape[-1]
@@ -146,17 +159,10 @@ class BilateralOperator:
 
   def row_dot(self, i: jax.Array, x: jax.Array) -> jax.Array:
     """(Q x)_i for a traced coordinate index i, reading only i's window (plus sum(x))."""
-    r = self.radius
-    h, w = self.weights.shape[-3:-1]
-    k = 2 * r + 1
-    iy, ix = i // w, i % w
-    xg = x.reshape(x.shape[:-1] + (h, w))
-    xp = jnp.pad(xg, [(0, 0)] * (xg.ndim - 2) + [(r, r), (r, r)])
-    lead = xp.ndim - 2
-    win = jax.lax.dynamic_slice(xp, (0,) * lead + (iy, ix), xp.shape[:lead] + (k, k))
+    iy, ix, win = _window(x, i, self.weights.shape[-3:-1], self.radius)
     wrow = jax.lax.dynamic_index_in_dim(jax.lax.dynamic_index_in_dim(self.weights, iy, -3, False),
                                         ix, -2, False)
-    sx = jnp.sum(wrow * win.reshape(win.shape[:-2] + (k * k,)), -1)
+    sx = jnp.sum(wrow * win, -1)
     xi = jnp.take(x, i, axis=-1)
     return (jnp.asarray(self.scale) * sx + jnp.asarray(self.diag) * xi
             + jnp.asarray(self.rank_one) * jnp.sum(x, -1))
@@ -290,17 +296,10 @@ class StencilOperator:
 
   def row_dot(self, i: jax.Array, x: jax.Array) -> jax.Array:
     """(Q x)_i for a traced coordinate index i, reading only i's window (plus sum(x))."""
-    r = self.radius
-    h, w = self._grid()
-    k = 2 * r + 1
-    iy, ix = i // w, i % w
-    xg = x.reshape(x.shape[:-1] + (h, w))
-    xp = jnp.pad(xg, [(0, 0)] * (xg.ndim - 2) + [(r, r), (r, r)])
-    lead = xp.ndim - 2
-    win = jax.lax.dynamic_slice(xp, (0,) * lead + (iy, ix), xp.shape[:lead] + (k, k))
+    iy, ix, win = _window(x, i, self._grid(), self.radius)
     wrow = jax.lax.dynamic_index_in_dim(jax.lax.dynamic_index_in_dim(self.weights, iy, -2, False),
                                         ix, -1, False)
-    sx = jnp.sum(jnp.moveaxis(wrow, 0, -1) * win.reshape(win.shape[:-2] + (k * k,)), -1)
+    sx = jnp.sum(jnp.moveaxis(wrow, 0, -1) * win, -1)
     return sx + self.rank_one * jnp.sum(x, -1)
 
   def norm_bound(self) -> jax.Array:
