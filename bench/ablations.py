@@ -264,6 +264,9 @@ def main():
   parser.add_argument('--json', default=os.path.join(ROOT, 'docs', 'results.json'))
   parser.add_argument('--only', nargs='*', default=None, help='a subset of the rows')
   parser.add_argument('--dry_run', action='store_true', help='list the tasks and stop')
+  parser.add_argument('--collect', action='store_true',
+                      help='run nothing: write --json and the tables from the runs --root holds '
+                           '(rows and worlds not run yet read "not run")')
   args = parser.parse_args()
   env = dict(os.environ)
   env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(args.root, '.xla_cache'))
@@ -273,6 +276,8 @@ def main():
       print(f'{t.key} <- {t.deps}: {" ".join(t.args[1:])}')
     return
   t0 = time.time()
+  if args.collect:
+    tasks = {}
   run_all(tasks, args.jobs, env)
   os.makedirs(args.root, exist_ok=True)
   log = os.path.join(args.root, 'sweeps.jsonl')
