@@ -58,6 +58,7 @@ solver runs a fixed budget of iterations and gradients flow through them.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -183,8 +184,23 @@ def solve_nonneg_qp(Q: Any, q: jax.Array, *, x0: jax.Array | None = None, max_it
     d = op.diagonal()
     if not isinstance(d, jax.core.Tracer) and bool(jnp.any(d <= 0)):
       raise ValueError('method="pgs" needs a positive diagonal of Q')
-  batch = q.shape[:-1]
   sweeps = max(1, max_iters // 10) if pgs_sweeps is None else int(pgs_sweeps)
+  # one compiled program per shape and setting: eager calls (a user's loop) do not recompile
+  sol = _solve(op, q, x0, lipschitz, method=method, max_iters=int(max_iters), sweeps=sweeps,
+               tol=float(tol), implicit_diff=bool(implicit_diff), cg_iters=int(cg_iters))
+  if not isinstance(sol.converged, jax.core.Tracer) and not bool(jnp.all(sol.converged)):
+    bad = int(jnp.sum(~sol.converged))
+    warnings.warn(f'solve_nonneg_qp: {bad} of {sol.converged.size} problems did not converge '
+                  f'(method={method!r}, tol={tol:g}, max_iters={max_iters}); see '
+                  f'QPSolution.residual', RuntimeWarning, stacklevel=2)
+  return sol
+
+
+@functools.partial(jax.jit, static_argnames=('method', 'max_iters', 'sweeps', 'tol',
+                                             'implicit_diff', 'cg_iters'))
+def _solve(op, q, x0, lipschitz, *, method, max_iters, sweeps, tol, implicit_diff, cg_iters):
+  """solve_nonneg_qp after its checks."""
+  batch = q.shape[:-1]
 
   def fista_setup(op):
     """(alpha, c) of FISTA's metric, per batch element, outside the gradient."""
@@ -207,14 +223,9 @@ def solve_nonneg_qp(Q: Any, q: jax.Array, *, x0: jax.Array | None = None, max_it
     return qp_methods.auto(it, q, x0, lambda: fista_setup(op), max_iters, sweeps, tol, early_exit,
                            certify=op)
 
-  sol = solve(op, q, x0, early_exit=False) if not implicit_diff else \
-      _implicit(solve, op, q, x0, cg_iters)
-  if not isinstance(sol.converged, jax.core.Tracer) and not bool(jnp.all(sol.converged)):
-    bad = int(jnp.sum(~sol.converged))
-    warnings.warn(f'solve_nonneg_qp: {bad} of {sol.converged.size} problems did not converge '
-                  f'(method={method!r}, tol={tol:g}, max_iters={max_iters}); see '
-                  f'QPSolution.residual', RuntimeWarning, stacklevel=2)
-  return sol
+  if not implicit_diff:
+    return solve(op, q, x0, early_exit=False)
+  return _implicit(solve, op, q, x0, cg_iters)
 
 
 def _implicit(solve, op, q, aux, cg_iters):
