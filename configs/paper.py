@@ -13,6 +13,7 @@ well defined, the smallest correction that makes it so: Eq. (9)'s QP with eps = 
 diagonal (literally, a cell with no similar neighbour has Q_ii = 0 and the QP is unbounded).
 """
 from configs import default
+from wsss_jax import config_lib
 
 # name -> {config key: printed value}. Each is one departure of configs/default.py from the paper.
 DEPARTURES = {
@@ -59,11 +60,7 @@ STAND_INS = {
 def apply(config, changes):
   """Set dotted keys of `config` to the given values."""
   for key, value in changes.items():
-    *groups, leaf = key.split('.')
-    node = config
-    for g in groups:
-      node = node[g]
-    node[leaf] = value
+    config_lib.set_path(config, key, value)
   return config
 
 

@@ -91,6 +91,11 @@ def _as_operator(Q: Any):
   return DenseOperator(Q)
 
 
+def _fast_form(op):
+  """The same Q in the form with the fastest matvecs (a windowed operator's stencil)."""
+  return op.stencil() if hasattr(op, 'stencil') else op
+
+
 def _batched_cg(matvec, b, iters: int, tol: float):
   """Conjugate gradients per batch element (the last axis is the vector)."""
   x = jnp.zeros_like(b)
@@ -215,7 +220,7 @@ def _solve(op, q, x0, lipschitz, *, method, max_iters, sweeps, tol, implicit_dif
     return jax.lax.stop_gradient(alpha), jax.lax.stop_gradient(c)
 
   def solve(op, q, x0, early_exit=True):
-    it = op.stencil() if hasattr(op, 'stencil') else op  # same Q, faster matvecs
+    it = _fast_form(op)
     if method == 'pgs':
       return qp_methods.pgs(it, q, x0, max_iters, tol, early_exit)
     if method == 'fista':
@@ -253,7 +258,7 @@ def _implicit(solve, op, q, aux, cg_iters):
 def _kkt_vjp(op, x, ct, cg_iters):
   free = (x > 0).astype(x.dtype)
   # Q_FF w_F = v_F on the free set, identity on the active set; then dq = -w, dQ = -w x^T.
-  it = op.stencil() if hasattr(op, 'stencil') else op  # same Q, faster matvecs
+  it = _fast_form(op)
   masked = lambda u: free * it.matvec(free * u) + (1.0 - free) * u
   cg_tol = 1e-10 if x.dtype == jnp.float64 else 1e-6
   w = free * _batched_cg(masked, free * ct.x, cg_iters, cg_tol)
