@@ -146,10 +146,15 @@ def plan(args):
     # warm-up sources first: the other long runs, then the rows that fork from them
     first = ['no_att', 'lse', 'fully_supervised', 'printed_sgd', 'printed_no_warmup']
     names = [n for n in first if n in names] + [n for n in names if n not in first]
-    names = [n for n in names if not args.only or n in args.only]
     trained = []  # (name, config, workdir) of the runs this world trains
     for name in names:
       config = config_of(name, world, args.seed)
+      if args.only and name not in args.only:
+        # a row left out still serves as a warm-up source or a shared training once it has run
+        workdir = os.path.join(args.root, name, f'world{world}')
+        if os.path.isdir(os.path.join(workdir, 'checkpoints', str(config.train.num_steps))):
+          trained.append((name, config, workdir))
+        continue
       sig = config_lib.training_signature(config)
       same = next((t for t in trained if same_training(t[1], config)), None)
       if same is not None:
