@@ -149,3 +149,28 @@ def test_warmup_head_pretrains_through_another_head():
   bad.model.aggregation = 'gap'
   with pytest.raises(config_lib.ConfigError, match='warmup_head=fcl needs'):
     config_lib.validate_config(bad)
+
+
+def test_sweep_subset_starts_from_the_finished_warmup_source(tmp_path):
+  """bench/ablations.py --only: a row whose warm-up source is left out of the subset still
+  starts from that source's finished run (no from-scratch warm-up), and a row that is an
+  inference setting of a finished run is an eval of it, not a training."""
+  import argparse
+  import sys
+  sys.path.insert(0, os.path.join(helpers.ROOT, 'bench'))
+  import ablations
+  root = str(tmp_path)
+  for name in ('no_att', 'full'):  # finished runs of world 1: config.json + the last checkpoint
+    config = ablations.config_of(name, 1, 0)
+    workdir = os.path.join(root, name, 'world1')
+    os.makedirs(os.path.join(workdir, 'checkpoints', str(config.train.num_steps)))
+    config_lib.save_config(config, workdir)
+  args = argparse.Namespace(worlds=[1], departure_worlds=[1], seed=0, root=root,
+                            only=['no_seg_loss', 'printed_crf_kernel'])
+  tasks, where = ablations.plan(args)
+  train = tasks['train no_seg_loss w1'].args
+  assert f'--config.train.init_from={os.path.join(root, "no_att", "world1")}' in train
+  assert not any(k.startswith('train printed_crf_kernel') for k in tasks)
+  assert where['printed_crf_kernel'][1][0] == os.path.join(root, 'full', 'world1')
+  # rows left out get no tasks
+  assert not any(' no_att ' in k or k.endswith(' full w1') for k in tasks)
