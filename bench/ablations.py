@@ -149,10 +149,11 @@ def plan(args):
     trained = []  # (name, config, workdir) of the runs this world trains
     for name in names:
       config = config_of(name, world, args.seed)
+      workdir = os.path.join(args.root, name, f'world{world}')
+      finished = os.path.isdir(os.path.join(workdir, 'checkpoints', str(config.train.num_steps)))
       if args.only and name not in args.only:
         # a row left out still serves as a warm-up source or a shared training once it has run
-        workdir = os.path.join(args.root, name, f'world{world}')
-        if os.path.isdir(os.path.join(workdir, 'checkpoints', str(config.train.num_steps))):
+        if finished:
           trained.append((name, config, workdir))
         continue
       sig = config_lib.training_signature(config)
@@ -164,11 +165,10 @@ def plan(args):
           for split in SPLITS:
             _eval_task(tasks, same[2], split, flags, world, same[0], config.train.num_steps)
           continue
-      workdir = os.path.join(args.root, name, f'world{world}')
       where.setdefault(name, {})[world] = (workdir, '')
       trained.append((name, config, workdir))
       steps = config.train.num_steps
-      if os.path.isdir(os.path.join(workdir, 'checkpoints', str(steps))):
+      if finished:
         then = config_lib.training_signature(config_lib.load_config(workdir))
         if (diff := config_lib.first_difference(then, sig)) is not None:
           sys.exit(f'error: {workdir} holds a finished run of another config: {diff}; move it '
