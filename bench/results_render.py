@@ -11,6 +11,7 @@ import os
 import statistics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_JSON = os.path.join(ROOT, 'docs', 'results.json')
 RESULTS_MD = os.path.join(ROOT, 'docs', 'RESULTS.md')
 README = os.path.join(ROOT, 'README.md')
 BEGIN, END = '<!-- results:begin -->', '<!-- results:end -->'
@@ -181,22 +182,26 @@ def _replace_block(text, block):
 
 
 def write(results, json_path) -> None:
-  """Write docs/results.json, docs/RESULTS.md (keeping its diagnoses) and README's table."""
+  """Write `json_path` and the tables. For the project's own docs/results.json: docs/RESULTS.md
+  (keeping its diagnoses) and README's table; for any other path: a RESULTS.md beside it, so
+  that a sweep into another folder leaves the project's docs as they are."""
   with open(json_path, 'w') as f:
     json.dump(results, f, indent=1, sort_keys=True)
+  own = os.path.abspath(json_path) == RESULTS_JSON
+  md = RESULTS_MD if own else os.path.join(os.path.dirname(os.path.abspath(json_path)),
+                                           'RESULTS.md')
   diagnoses = ''
-  if os.path.exists(RESULTS_MD):
-    old = open(RESULTS_MD).read()
+  if os.path.exists(md):
+    old = open(md).read()
     if '\n## Diagnoses' in old:
       diagnoses = old[old.index('\n## Diagnoses'):]
-  with open(RESULTS_MD, 'w') as f:
+  with open(md, 'w') as f:
     f.write(results_md(results) + diagnoses)
-  text = open(README).read()
-  with open(README, 'w') as f:
-    f.write(_replace_block(text, readme_block(results)))
-  print(f"wrote {json_path}, {RESULTS_MD} and README.md's results table")
-
+  if own:
+    text = open(README).read()
+    with open(README, 'w') as f:
+      f.write(_replace_block(text, readme_block(results)))
+  print(f'wrote {json_path} and {md}' + (" and README.md's results table" if own else ''))
 
 if __name__ == '__main__':
-  path = os.path.join(ROOT, 'docs', 'results.json')
-  write(json.load(open(path)), path)
+  write(json.load(open(RESULTS_JSON)), RESULTS_JSON)

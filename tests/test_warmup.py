@@ -174,3 +174,39 @@ def test_sweep_subset_starts_from_the_finished_warmup_source(tmp_path):
   assert where['printed_crf_kernel'][1][0] == os.path.join(root, 'full', 'world1')
   # rows left out get no tasks
   assert not any(' no_att ' in k or k.endswith(' full w1') for k in tasks)
+
+
+def test_a_sweep_subset_reports_every_row_it_finds_and_leaves_the_docs_alone(tmp_path):
+  """bench/ablations.py --worlds 1 --only no_att: the written tables keep the rows and worlds
+  outside the subset that --root holds, and a --json outside docs/ writes its RESULTS.md beside
+  it, leaving docs/RESULTS.md and README.md untouched."""
+  import sys
+  sys.path.insert(0, os.path.join(helpers.ROOT, 'bench'))
+  import ablations
+  root = tmp_path / 'runs'
+  for name, world, miou in (('no_att', 1, 0.11), ('full', 1, 0.66), ('full', 0, 0.73)):
+    config = ablations.config_of(name, world, 0)
+    workdir = root / name / f'world{world}'
+    os.makedirs(workdir / 'checkpoints' / str(config.train.num_steps))
+    config_lib.save_config(config, str(workdir))
+    for split in ('val', 'test'):
+      (workdir / f'eval_{split}.json').write_text(
+          json.dumps({'step': config.train.num_steps, 'miou': miou}))
+  docs = {p: open(os.path.join(helpers.ROOT, p)).read() for p in ('README.md', 'docs/RESULTS.md')}
+  out = tmp_path / 'results.json'
+  argv = sys.argv
+  sys.argv = ['ablations.py', f'--root={root}', f'--json={out}', '--worlds', '1', '--only',
+              'no_att', '--jobs', '1']
+  try:
+    ablations.main()  # nothing left to run in the subset: it only writes the tables
+  finally:
+    sys.argv = argv
+  results = json.loads(out.read_text())
+  assert results['worlds'] == [0, 1, 2, 3]
+  assert results['rows']['full']['0']['val']['miou'] == 0.73
+  assert results['rows']['full']['1']['test']['miou'] == 0.66
+  assert results['rows']['no_att']['1']['val']['miou'] == 0.11
+  table = (tmp_path / 'RESULTS.md').read_text()
+  assert '| Full approach (ours: configs/default.py) | 66.0 +- 0.0 (n=1) |' in table
+  assert '| 73.0 | 52.8 |' in table  # world 0's column
+  assert docs == {p: open(os.path.join(helpers.ROOT, p)).read() for p in docs}
