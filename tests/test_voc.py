@@ -317,7 +317,8 @@ def test_the_build_summary_lists_every_file_whatever_the_warning_filters(tmp_pat
   assert out.splitlines()[0] == f'built {tmp_path / "tfds" / "voc2012_wsss" / "1.0.0"} from {raw}'
   assert 'train: 2 examples (3 listed, 1 skipped, 1 converted)' in out
   assert f'converted (train): {jpegs / f"{cmyk}.jpg"}: CMYK image converted to RGB' in out
-  assert f'skipped (train): {jpegs / f"{corrupt}.jpg"}: corrupt or unreadable image' in out
+  assert (f'skipped (train): {jpegs / f"{corrupt}.jpg"}: corrupt or unreadable image (not a '
+          'format Pillow can identify); skipped') in out
   again = _build_cli(raw, tmp_path / 'tfds')
   assert again.returncode == 0 and again.stdout.splitlines()[0].startswith('reused '), again.stdout
   assert 'train: 2 examples (3 listed, 1 skipped, 1 converted)' in again.stdout

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from typing import Any, Iterable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from wsss_jax.constants import IGNORE_LABEL
 from wsss_jax.data.augment import DataError
@@ -281,8 +281,10 @@ def make_example(layout: Layout, name: str, *, with_mask: bool, warn) -> dict[st
   try:
     img = Image.open(io.BytesIO(image_bytes))
     img.load()
-  except Exception as e:
-    warn(f'{path}: corrupt or unreadable image ({type(e).__name__}: {e}); skipped')
+  except Exception as e:  # Pillow's message names its BytesIO buffer, not the file
+    why = ('not a format Pillow can identify' if isinstance(e, UnidentifiedImageError)
+           else f'{type(e).__name__}: {e}')
+    warn(f'{path}: corrupt or unreadable image ({why}); skipped')
     return None
   if img.mode != 'RGB':
     warn(f'{path}: {img.mode} image converted to RGB')
