@@ -225,7 +225,8 @@ def test_read_time_decode_errors_name_the_file(sbd_tree):
   with pytest.raises(voc.DatasetError, match=rf'val\[0\] {fake.voc_val[1]}: cannot decode image'):
     bad_image[0]
   bad_mask = voc.VOCSource([dict(rec, mask=b'\x89PNG garbage')], 'val')
-  with pytest.raises(voc.DatasetError, match=rf'{fake.voc_val[1]}: cannot decode mask'):
+  with pytest.raises(voc.DatasetError, match=rf'{fake.voc_val[1]}: cannot decode mask \(not a '
+                     r'format Pillow can identify\)$'):
     bad_mask[0]
   wrong_size = voc.VOCSource([dict(rec, height=np.int32(7))], 'val')
   with pytest.raises(voc.DatasetError, match=fake.voc_val[1]):

@@ -17,13 +17,22 @@ import dataclasses
 from typing import Any, Mapping
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from wsss_jax.constants import IGNORE_LABEL, PAD_RGB
 
 
 class DataError(ValueError):
   """Data that cannot be used as configured, reported to the user as one line naming the file."""
+
+
+def image_error(e: Exception) -> str:
+  """Why Pillow could not decode an image read into memory. Its UnidentifiedImageError names
+  the in-memory buffer (`<_io.BytesIO object at 0x...>`), not the file, so that one is said in
+  words; the caller's message names the file."""
+  if isinstance(e, UnidentifiedImageError):
+    return 'not a format Pillow can identify'
+  return f'{type(e).__name__}: {e}'
 
 
 def _pair(size) -> tuple[int, int]:

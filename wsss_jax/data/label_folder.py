@@ -9,7 +9,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from wsss_jax.data.augment import DataError
+from wsss_jax.data.augment import DataError, image_error
 
 FOLDER = 'SegmentationClassAug'
 
@@ -32,7 +32,7 @@ def read_label_png(path: str) -> np.ndarray:
       img = Image.open(io.BytesIO(f.read()))
       img.load()
   except (OSError, ValueError) as e:
-    raise DataError(f'{path}: cannot read label map ({type(e).__name__}: {e})') from None
+    raise DataError(f'{path}: cannot read label map ({image_error(e)})') from None
   if img.mode not in ('P', 'L'):
     raise DataError(f'{path}: label maps are palette or grayscale PNGs, got mode {img.mode}')
   return np.asarray(img).astype(np.int32)

@@ -17,10 +17,10 @@ import xml.etree.ElementTree as ET
 from typing import Any, Iterable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from wsss_jax.constants import IGNORE_LABEL
-from wsss_jax.data.augment import DataError
+from wsss_jax.data.augment import DataError, image_error
 from wsss_jax.visualize import encode_palette_png, voc_palette
 
 CLASS_NAMES = ('background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat',
@@ -60,7 +60,7 @@ def decode_mask(png_bytes: bytes, name: str = 'mask') -> np.ndarray:
     img = Image.open(io.BytesIO(png_bytes))
     img.load()
   except Exception as e:
-    raise DatasetError(f'{name}: cannot decode mask ({type(e).__name__}: {e})') from e
+    raise DatasetError(f'{name}: cannot decode mask ({image_error(e)})') from e
   if img.mode in ('P', 'L'):
     return np.asarray(img).astype(np.int32)
   if img.mode in ('PA', 'LA'):
@@ -93,7 +93,7 @@ def decode_image(data: bytes, name: str = 'image') -> np.ndarray:
       img = img.convert('RGB')
     return np.asarray(img)
   except Exception as e:
-    raise DatasetError(f'{name}: cannot decode image ({type(e).__name__}: {e})') from e
+    raise DatasetError(f'{name}: cannot decode image ({image_error(e)})') from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,10 +281,8 @@ def make_example(layout: Layout, name: str, *, with_mask: bool, warn) -> dict[st
   try:
     img = Image.open(io.BytesIO(image_bytes))
     img.load()
-  except Exception as e:  # Pillow's message names its BytesIO buffer, not the file
-    why = ('not a format Pillow can identify' if isinstance(e, UnidentifiedImageError)
-           else f'{type(e).__name__}: {e}')
-    warn(f'{path}: corrupt or unreadable image ({why}); skipped')
+  except Exception as e:
+    warn(f'{path}: corrupt or unreadable image ({image_error(e)}); skipped')
     return None
   if img.mode != 'RGB':
     warn(f'{path}: {img.mode} image converted to RGB')
