@@ -279,14 +279,19 @@ def main():
   args = parser.parse_args()
   env = dict(os.environ)
   env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(args.root, '.xla_cache'))
-  tasks, where = plan(args)
+  # the tables cover every row and world that --root holds, not only the subset run now; planned
+  # first, so that a finished run of another config anywhere in them stops the sweep before it runs
+  report = argparse.Namespace(**{**vars(args), 'only': None,
+                                 'worlds': sorted(set(WORLDS) | set(args.worlds)),
+                                 'departure_worlds': sorted(set(DEPARTURE_WORLDS) |
+                                                            set(args.departure_worlds))})
+  _, where = plan(report)
+  tasks = {} if args.collect else plan(args)[0]
   if args.dry_run:
     for t in tasks.values():
       print(f'{t.key} <- {t.deps}: {" ".join(t.args[1:])}')
     return
   t0 = time.time()
-  if args.collect:
-    tasks = {}
   run_all(tasks, args.jobs, env)
   os.makedirs(args.root, exist_ok=True)
   log = os.path.join(args.root, 'sweeps.jsonl')
@@ -299,12 +304,6 @@ def main():
                                     for t in tasks.values()}}) + '\n')
   import results_render  # bench/results_render.py
   sweeps = [json.loads(line) for line in open(log)] if os.path.exists(log) else []
-  # the tables cover every row and world that --root holds, not only the subset run now
-  report = argparse.Namespace(**{**vars(args), 'only': None,
-                                 'worlds': sorted(set(WORLDS) | set(args.worlds)),
-                                 'departure_worlds': sorted(set(DEPARTURE_WORLDS) |
-                                                            set(args.departure_worlds))})
-  _, where = plan(report)
   results = {'worlds': report.worlds, 'departure_worlds': report.departure_worlds,
              'seed': args.seed, 'rows': collect(where, report), 'sweeps': sweeps}
   if os.path.exists(args.json):  # bench/second_stage.py's section is its own

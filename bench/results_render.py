@@ -203,5 +203,6 @@ def write(results, json_path) -> None:
       f.write(_replace_block(text, readme_block(results)))
   print(f'wrote {json_path} and {md}' + (" and README.md's results table" if own else ''))
 
+
 if __name__ == '__main__':
   write(json.load(open(RESULTS_JSON)), RESULTS_JSON)
